@@ -1,0 +1,378 @@
+"""Configuration: a YAML file with Synapse's key names where the feature is the same.
+
+The file is chosen by ``ATRIUM_CONFIG``, else ``./homeserver.yaml``.  A missing file is
+written with commented defaults (fresh signing key, random registration secret, SQLite under
+``./data``).  Every key is validated once at start; a bad value raises :class:`ConfigError`
+whose message is one line naming the key.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH = "homeserver.yaml"
+
+
+class ConfigError(Exception):
+    """A bad configuration value; ``str()`` is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    per_second: float
+    burst_count: float
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    name: str  # "sqlite3" or "psycopg2" (Synapse's names; psycopg 3 is used for the latter)
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    ask_timeout: float = 10.0
+    mailbox_size: int = 1000
+    idle_timeout: float = 300.0
+    restart_delay: float = 0.05
+    max_restarts: int = 5
+    restart_window: float = 60.0
+    park_duration: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    server_name: str
+    public_baseurl: str
+    database: DatabaseConfig
+    signing_key_path: str
+    media_store_path: str
+    max_upload_size: int
+    max_request_body_size: int
+    enable_registration: bool
+    enable_registration_without_verification: bool
+    registration_shared_secret: str | None
+    registration_requires_token: bool
+    bcrypt_rounds: int
+    rc_message: RateLimit
+    rc_registration: RateLimit
+    rc_login_address: RateLimit
+    rc_login_account: RateLimit
+    rc_login_failed_attempts: RateLimit
+    rc_joins_local: RateLimit
+    rc_joins_remote: RateLimit
+    rc_invites_per_room: RateLimit
+    rc_invites_per_user: RateLimit
+    rc_admin_redaction: RateLimit | None
+    default_room_version: str
+    enable_fault_injection: bool
+    serve_server_wellknown: bool
+    refreshable_access_token_lifetime: float | None
+    actors: ActorConfig
+    trace_capacity: int
+    trace_jsonl_path: str | None
+    log_level: str
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]?)B?\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w|y)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
+                   "y": 31536000}
+
+
+def _get(raw: dict[str, Any], key: str, default: Any = None) -> Any:
+    return raw.get(key, default) if isinstance(raw, dict) else default
+
+
+def parse_size(key: str, value: Any) -> int:
+    """Synapse-style sizes: an int of bytes, or "50M", "10K", "1G"."""
+    if isinstance(value, bool):
+        raise ConfigError(f"config key '{key}' must be a size like 50M (got {value!r})")
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            mult = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[m.group(2).upper()]
+            return int(m.group(1)) * mult
+    raise ConfigError(f"config key '{key}' must be a size like 50M (got {value!r})")
+
+
+def parse_duration(key: str, value: Any) -> float:
+    """Durations in seconds; Synapse-style strings ("5m", "1h", "500ms") or numbers (ms)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"config key '{key}' must be a duration like 5m (got {value!r})")
+    if isinstance(value, (int, float)) and value >= 0:
+        return float(value) / 1000.0  # Synapse: bare numbers are milliseconds
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "ms"]
+    raise ConfigError(f"config key '{key}' must be a duration like 5m (got {value!r})")
+
+
+def _bool(raw: dict[str, Any], key: str, default: bool) -> bool:
+    v = _get(raw, key, default)
+    if not isinstance(v, bool):
+        raise ConfigError(f"config key '{key}' must be true or false (got {v!r})")
+    return v
+
+
+def _num(key: str, v: Any, *, minimum: float = 0, integer: bool = False) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < minimum:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"config key '{key}' must be {kind} >= {minimum} (got {v!r})")
+    if integer and not isinstance(v, int):
+        raise ConfigError(f"config key '{key}' must be an integer (got {v!r})")
+    return v
+
+
+def _str(raw: dict[str, Any], key: str, default: str | None) -> str | None:
+    v = _get(raw, key, default)
+    if v is not None and not isinstance(v, str):
+        raise ConfigError(f"config key '{key}' must be a string (got {v!r})")
+    return v
+
+
+def _ratelimit(raw: Any, key: str, per_second: float, burst: float) -> RateLimit:
+    if raw is None:
+        return RateLimit(per_second, burst)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{key}' must be a mapping with per_second/burst_count")
+    ps = _num(f"{key}.per_second", raw.get("per_second", per_second))
+    bc = _num(f"{key}.burst_count", raw.get("burst_count", burst))
+    return RateLimit(float(ps), float(bc))
+
+
+_SERVER_NAME_RE = re.compile(
+    r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,255})(?::\d{1,5})?$"
+)
+
+KNOWN_KEYS = {
+    "server_name", "public_baseurl", "database", "signing_key_path", "media_store_path",
+    "max_upload_size", "max_request_body_size", "enable_registration",
+    "enable_registration_without_verification", "registration_shared_secret",
+    "registration_requires_token", "bcrypt_rounds", "rc_message", "rc_registration",
+    "rc_login", "rc_joins", "rc_invites", "rc_admin_redaction", "default_room_version",
+    "enable_fault_injection", "serve_server_wellknown", "refreshable_access_token_lifetime",
+    "actors", "trace", "log_level", "report_stats", "pid_file", "listeners",
+    "enable_media_repo", "media", "federation", "enable_legacy_unauthenticated_media",
+    "url_preview_enabled", "room_list_publication_rules", "presence", "push",
+    "admin_contact", "suppress_key_server_warning", "trusted_key_servers",
+    "federation_verify_certificates", "federation_ip_range_blacklist", "tls",
+}
+
+
+def parse_config(raw: Any, path: str = "<memory>", base_dir: str | None = None) -> Config:
+    """Validate a loaded YAML mapping into a :class:`Config`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a YAML mapping at the top level")
+    unknown = sorted(k for k in raw if k not in KNOWN_KEYS)
+    if unknown:
+        log.warning("config: ignoring unknown keys: %s", ", ".join(map(str, unknown)))
+    base = Path(base_dir or os.path.dirname(os.path.abspath(path)) or ".")
+
+    def rel(p: str) -> str:
+        return p if os.path.isabs(p) else str(base / p)
+
+    server_name = raw.get("server_name")
+    if not isinstance(server_name, str) or not _SERVER_NAME_RE.match(server_name):
+        raise ConfigError(f"config key 'server_name' must be a server name like example.org "
+                          f"(got {server_name!r})")
+
+    public_baseurl = _str(raw, "public_baseurl", None) or f"http://{server_name}/"
+    if not re.match(r"^https?://", public_baseurl):
+        raise ConfigError(f"config key 'public_baseurl' must be an http(s) URL "
+                          f"(got {public_baseurl!r})")
+    if not public_baseurl.endswith("/"):
+        public_baseurl += "/"
+
+    db_raw = raw.get("database") or {"name": "sqlite3", "args": {"database": "data/homeserver.db"}}
+    if not isinstance(db_raw, dict):
+        raise ConfigError("config key 'database' must be a mapping with 'name' and 'args'")
+    db_name = db_raw.get("name", "sqlite3")
+    if db_name not in ("sqlite3", "psycopg2", "psycopg"):
+        raise ConfigError(f"config key 'database.name' must be sqlite3 or psycopg2 (got {db_name!r})")
+    db_args = db_raw.get("args") or {}
+    if not isinstance(db_args, dict):
+        raise ConfigError("config key 'database.args' must be a mapping")
+    db_args = dict(db_args)
+    if db_name == "sqlite3":
+        dbfile = db_args.get("database", "data/homeserver.db")
+        if not isinstance(dbfile, str) or not dbfile:
+            raise ConfigError("config key 'database.args.database' must be a file path")
+        db_args["database"] = dbfile if dbfile == ":memory:" else rel(dbfile)
+    else:
+        db_name = "psycopg2"
+        for k in ("cp_min", "cp_max"):
+            if k in db_args:
+                _num(f"database.args.{k}", db_args[k], minimum=1, integer=True)
+
+    rc_login = raw.get("rc_login") or {}
+    rc_joins = raw.get("rc_joins") or {}
+    rc_invites = raw.get("rc_invites") or {}
+    for k, v in (("rc_login", rc_login), ("rc_joins", rc_joins), ("rc_invites", rc_invites)):
+        if not isinstance(v, dict):
+            raise ConfigError(f"config key '{k}' must be a mapping")
+
+    room_version = str(raw.get("default_room_version", "12"))
+    from protocol.room_versions import KNOWN_ROOM_VERSIONS
+
+    if room_version not in KNOWN_ROOM_VERSIONS:
+        raise ConfigError(f"config key 'default_room_version' must be one of "
+                          f"{', '.join(KNOWN_ROOM_VERSIONS)} (got {room_version!r})")
+
+    actors_raw = raw.get("actors") or {}
+    if not isinstance(actors_raw, dict):
+        raise ConfigError("config key 'actors' must be a mapping")
+    d = ActorConfig()
+    actors = ActorConfig(
+        ask_timeout=parse_duration("actors.ask_timeout", actors_raw.get("ask_timeout", "10s")),
+        mailbox_size=_num("actors.mailbox_size", actors_raw.get("mailbox_size", d.mailbox_size),
+                          minimum=1, integer=True),
+        idle_timeout=parse_duration("actors.idle_timeout", actors_raw.get("idle_timeout", "5m")),
+        restart_delay=parse_duration("actors.restart_delay",
+                                     actors_raw.get("restart_delay", "50ms")),
+        max_restarts=_num("actors.max_restarts", actors_raw.get("max_restarts", d.max_restarts),
+                          minimum=0, integer=True),
+        restart_window=parse_duration("actors.restart_window",
+                                      actors_raw.get("restart_window", "1m")),
+        park_duration=parse_duration("actors.park_duration",
+                                     actors_raw.get("park_duration", "30s")),
+    )
+    trace_raw = raw.get("trace") or {}
+    if not isinstance(trace_raw, dict):
+        raise ConfigError("config key 'trace' must be a mapping")
+    trace_capacity = _num("trace.capacity", trace_raw.get("capacity", 10000), minimum=1,
+                          integer=True)
+    trace_jsonl = trace_raw.get("jsonl_path")
+    if trace_jsonl is not None and not isinstance(trace_jsonl, str):
+        raise ConfigError("config key 'trace.jsonl_path' must be a file path")
+
+    log_level = str(raw.get("log_level", "INFO")).upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"config key 'log_level' must be DEBUG, INFO, WARNING or ERROR "
+                          f"(got {log_level!r})")
+
+    rtl = raw.get("refreshable_access_token_lifetime")
+    secret = _str(raw, "registration_shared_secret", None)
+    rc_admin = raw.get("rc_admin_redaction")
+
+    return Config(
+        path=path,
+        server_name=server_name,
+        public_baseurl=public_baseurl,
+        database=DatabaseConfig(db_name, db_args),
+        signing_key_path=rel(_str(raw, "signing_key_path", "data/signing.key") or ""),
+        media_store_path=rel(_str(raw, "media_store_path", "data/media_store") or ""),
+        max_upload_size=parse_size("max_upload_size", raw.get("max_upload_size", "50M")),
+        max_request_body_size=parse_size("max_request_body_size",
+                                         raw.get("max_request_body_size", "1M")),
+        enable_registration=_bool(raw, "enable_registration", False),
+        enable_registration_without_verification=_bool(
+            raw, "enable_registration_without_verification", False),
+        registration_shared_secret=secret,
+        registration_requires_token=_bool(raw, "registration_requires_token", False),
+        bcrypt_rounds=_num("bcrypt_rounds", raw.get("bcrypt_rounds", 12), minimum=4,
+                           integer=True),
+        rc_message=_ratelimit(raw.get("rc_message"), "rc_message", 0.2, 10),
+        rc_registration=_ratelimit(raw.get("rc_registration"), "rc_registration", 0.17, 3),
+        rc_login_address=_ratelimit(rc_login.get("address"), "rc_login.address", 0.003, 5),
+        rc_login_account=_ratelimit(rc_login.get("account"), "rc_login.account", 0.003, 5),
+        rc_login_failed_attempts=_ratelimit(rc_login.get("failed_attempts"),
+                                            "rc_login.failed_attempts", 0.17, 3),
+        rc_joins_local=_ratelimit(rc_joins.get("local"), "rc_joins.local", 0.1, 10),
+        rc_joins_remote=_ratelimit(rc_joins.get("remote"), "rc_joins.remote", 0.01, 10),
+        rc_invites_per_room=_ratelimit(rc_invites.get("per_room"), "rc_invites.per_room", 0.3, 10),
+        rc_invites_per_user=_ratelimit(rc_invites.get("per_user"), "rc_invites.per_user",
+                                       0.003, 5),
+        rc_admin_redaction=(_ratelimit(rc_admin, "rc_admin_redaction", 1, 50)
+                            if rc_admin is not None else None),
+        default_room_version=room_version,
+        enable_fault_injection=_bool(raw, "enable_fault_injection", False),
+        serve_server_wellknown=_bool(raw, "serve_server_wellknown", False),
+        refreshable_access_token_lifetime=(
+            parse_duration("refreshable_access_token_lifetime", rtl) if rtl is not None else None),
+        actors=actors,
+        trace_capacity=trace_capacity,
+        trace_jsonl_path=rel(trace_jsonl) if trace_jsonl else None,
+        log_level=log_level,
+        raw=raw,
+    )
+
+
+def config_path_from_env() -> str:
+    return os.environ.get("ATRIUM_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | None = None, *, write_default: bool = True) -> Config:
+    """Load and validate the config file, writing a commented default if it is missing."""
+    path = path or config_path_from_env()
+    if not os.path.exists(path):
+        if not write_default:
+            raise ConfigError(f"config file {path} does not exist")
+        write_default_config(path)
+        log.warning("no config at %s: wrote a default one (server_name: localhost, "
+                    "SQLite under ./data); edit it and restart", path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+    return parse_config(raw if raw is not None else {}, path)
+
+
+DEFAULT_TEMPLATE = """\
+# Atrium configuration, written because {path} did not exist.
+# Every key is documented in config.example.yaml; key names follow Synapse's.
+
+# The domain part of your users' ids (@alice:SERVER_NAME). Cannot be changed later.
+server_name: "{server_name}"
+
+# Where clients reach this server (advertised in /.well-known/matrix/client).
+public_baseurl: "http://127.0.0.1:8008/"
+
+# SQLite (embedded) by default. For PostgreSQL use:
+#   database: {{name: psycopg2, args: {{user: atrium, dbname: atrium, host: 127.0.0.1}}}}
+database:
+  name: sqlite3
+  args:
+    database: data/homeserver.db
+
+signing_key_path: data/signing.key
+media_store_path: data/media_store
+max_upload_size: 50M
+
+# Open registration is off; create users with `python -m atrium register`.
+enable_registration: false
+registration_shared_secret: "{secret}"
+"""
+
+
+def write_default_config(path: str, server_name: str = "localhost") -> None:
+    """Write a commented default config and a fresh signing key beside it."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    text = DEFAULT_TEMPLATE.format(path=path, server_name=server_name,
+                                   secret=secrets.token_urlsafe(32))
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

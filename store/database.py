@@ -1,0 +1,334 @@
+"""The database engine seam: the only module that knows SQLite from PostgreSQL.
+
+Callers write SQL with ``?`` placeholders and portable syntax (``ON CONFLICT``, ``RETURNING``,
+TEXT / BIGINT / INTEGER columns, booleans as 0/1) and run it inside an *interaction*::
+
+    def _get_user(txn: Txn, user_id: str) -> tuple | None:
+        return txn.query_one("SELECT name, admin FROM users WHERE name = ?", (user_id,))
+
+    row = db.run("get_user", _get_user, user_id)            # read
+    db.run("add_user", _add_user, user_id, write=True)      # one committed transaction
+
+A write interaction is one transaction: it commits when the function returns and rolls back
+when it raises, so a half-written row never survives an error.  ``run`` returns only after
+COMMIT, which is what lets the web layer say 200 (ARCHITECTURE invariant 3).
+
+SQLite (the embedded default, through sqlite-utils): WAL, ``synchronous=FULL``; one writer
+connection behind a lock, a small pool of reader connections; under gevent each interaction
+runs in gevent's thread pool so a slow statement never stalls the other greenlets.
+PostgreSQL (psycopg 3, imported after gevent's patch so it waits cooperatively): a bounded
+pool of connections, interactions run in the calling greenlet.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SQLITE = "sqlite"
+POSTGRES = "postgres"
+
+
+class DatabaseError(Exception):
+    """The database could not do what was asked (connection lost, constraint, …)."""
+
+
+class IntegrityError(DatabaseError):
+    """A uniqueness or foreign-key constraint refused the write."""
+
+
+@lru_cache(maxsize=4096)
+def _to_pyformat(sql: str) -> str:
+    """Translate ``?`` placeholders to psycopg's ``%s`` (escaping literal ``%``)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class Txn:
+    """One transaction on one connection. Only valid inside the interaction that got it."""
+
+    __slots__ = ("engine", "_cur", "_after_commit", "name")
+
+    def __init__(self, engine: str, cursor: Any, name: str) -> None:
+        self.engine = engine
+        self._cur = cursor
+        self._after_commit: list[Callable[[], None]] = []
+        self.name = name
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; return the number of rows it changed."""
+        if self.engine == POSTGRES:
+            sql = _to_pyformat(sql)
+        self._cur.execute(sql, params)
+        return self._cur.rowcount
+
+    def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
+        if not seq:
+            return
+        if self.engine == POSTGRES:
+            sql = _to_pyformat(sql)
+        self._cur.executemany(sql, seq)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        self.execute(sql, params)
+        return [tuple(r) for r in self._cur.fetchall()]
+
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        self.execute(sql, params)
+        r = self._cur.fetchone()
+        return tuple(r) if r is not None else None
+
+    def query_value(self, sql: str, params: Sequence[Any] = (), default: Any = None) -> Any:
+        r = self.query_one(sql, params)
+        return r[0] if r is not None and r[0] is not None else default
+
+    def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        self.execute(sql, params)
+        cols = [d[0] for d in self._cur.description]
+        return [dict(zip(cols, r)) for r in self._cur.fetchall()]
+
+    def call_after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the transaction has committed (never if it rolls back)."""
+        self._after_commit.append(fn)
+
+
+class Database:
+    """A pool of connections to one database, SQLite or PostgreSQL."""
+
+    engine: str
+
+    def run(self, name: str, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _finish(txn: Txn) -> None:
+        for cb in txn._after_commit:
+            try:
+                cb()
+            except Exception:  # a failing listener must not undo a committed write
+                log.exception("after-commit callback failed (%s)", txn.name)
+
+
+def _gevent_patched() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(monkey.is_module_patched("threading"))
+
+
+def _translate_sqlite_error(e: sqlite3.Error) -> DatabaseError:
+    if isinstance(e, sqlite3.IntegrityError):
+        return IntegrityError(str(e))
+    return DatabaseError(str(e))
+
+
+class SqliteDatabase(Database):
+    """SQLite in WAL mode: one writer connection, a few readers (sqlite-utils for set-up)."""
+
+    engine = SQLITE
+
+    def __init__(self, path: str, *, readers: int = 4) -> None:
+        import sqlite_utils
+
+        self.path = path
+        self._use_pool = _gevent_patched()
+        self._writer = self._connect()
+        sqlite_utils.Database(self._writer).enable_wal()
+        self._write_lock = threading.Lock()  # cooperative once gevent has patched threading
+        self._readers: queue.Queue[sqlite3.Connection] = queue.Queue()
+        for _ in range(readers):
+            self._readers.put(self._connect())
+        self._closed = False
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # a 200 means on disk, even on power loss
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def _interact(self, conn: sqlite3.Connection, name: str, fn: Callable[..., T],
+                  args: tuple, write: bool) -> tuple[T, Txn]:
+        cur = conn.cursor()
+        txn = Txn(SQLITE, cur, name)
+        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            result = fn(txn, *args)
+        except BaseException:
+            if conn.in_transaction:
+                cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+        return result, txn
+
+    def _dispatch(self, conn: sqlite3.Connection, name: str, fn: Callable[..., T],
+                  args: tuple, write: bool) -> tuple[T, Txn]:
+        if self._use_pool:
+            import gevent
+
+            return gevent.get_hub().threadpool.apply(
+                self._interact, (conn, name, fn, args, write))
+        return self._interact(conn, name, fn, args, write)
+
+    def run(self, name: str, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
+        if self._closed:
+            raise DatabaseError("database is closed")
+        try:
+            if write:
+                with self._write_lock:
+                    result, txn = self._dispatch(self._writer, name, fn, args, True)
+            else:
+                conn = self._readers.get()
+                try:
+                    result, txn = self._dispatch(conn, name, fn, args, False)
+                finally:
+                    self._readers.put(conn)
+        except sqlite3.Error as e:
+            raise _translate_sqlite_error(e) from e
+        self._finish(txn)
+        return result
+
+    def close(self) -> None:
+        self._closed = True
+        with self._write_lock:
+            self._writer.close()
+        while not self._readers.empty():
+            self._readers.get_nowait().close()
+
+
+class PostgresDatabase(Database):
+    """PostgreSQL through psycopg 3 with a small bounded connection pool."""
+
+    engine = POSTGRES
+
+    def __init__(self, conninfo: str, *, min_size: int = 1, max_size: int = 10,
+                 schema: str | None = None) -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self.conninfo = conninfo
+        self.schema = schema
+        self.max_size = max_size
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._count = 0
+        self._count_lock = threading.Lock()
+        self._closed = False
+        for _ in range(min_size):
+            self._idle.put(self._connect())
+
+    def _connect(self) -> Any:
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if self.schema:
+            kwargs["options"] = f"-c search_path={self.schema}"
+        conn = self._psycopg.connect(self.conninfo, **kwargs)
+        with self._count_lock:
+            self._count += 1
+        return conn
+
+    @contextmanager
+    def _conn(self) -> Iterator[Any]:
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            with self._count_lock:
+                can_grow = self._count < self.max_size
+            conn = self._connect() if can_grow else self._idle.get(timeout=30)
+        ok = False
+        try:
+            yield conn
+            ok = True
+        finally:
+            if conn.closed or (not ok and conn.info.transaction_status != 0):
+                # a broken or mid-transaction connection is not reused
+                try:
+                    conn.close()
+                finally:
+                    with self._count_lock:
+                        self._count -= 1
+            else:
+                self._idle.put(conn)
+
+    def run(self, name: str, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
+        if self._closed:
+            raise DatabaseError("database is closed")
+        psycopg = self._psycopg
+        for attempt in range(3):
+            try:
+                with self._conn() as conn:
+                    with conn.transaction():
+                        with conn.cursor() as cur:
+                            txn = Txn(POSTGRES, cur, name)
+                            result = fn(txn, *args)
+                self._finish(txn)
+                return result
+            except psycopg.errors.SerializationFailure:
+                if attempt == 2:
+                    raise DatabaseError(f"{name}: serialization failure, gave up")
+                time.sleep(0.01 * (attempt + 1))
+            except psycopg.IntegrityError as e:
+                raise IntegrityError(str(e)) from e
+            except psycopg.OperationalError as e:
+                raise DatabaseError(str(e)) from e
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._closed = True
+        while not self._idle.empty():
+            try:
+                self._idle.get_nowait().close()
+            except Exception:
+                pass
+
+
+def postgres_conninfo(args: dict[str, Any]) -> str:
+    """Synapse's ``database.args`` (user, password, database/dbname, host, port) → conninfo."""
+    parts = []
+    mapping = {"user": "user", "password": "password", "database": "dbname", "dbname": "dbname",
+               "host": "host", "port": "port", "sslmode": "sslmode"}
+    for k, v in args.items():
+        if k in mapping and v is not None:
+            s = str(v).replace("\\", "\\\\").replace("'", "\\'")
+            parts.append(f"{mapping[k]}='{s}'")
+    return " ".join(parts)
+
+
+def open_database(name: str, args: dict[str, Any], *, migrate: bool = True) -> Database:
+    """Open the configured database and bring its schema up to date."""
+    db: Database
+    if name == "sqlite3":
+        import os
+
+        path = args["database"]
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        db = SqliteDatabase(path)
+    else:
+        db = PostgresDatabase(postgres_conninfo(args), min_size=int(args.get("cp_min", 1)),
+                              max_size=int(args.get("cp_max", 10)), schema=args.get("schema"))
+    if migrate:
+        from store.migrations import apply_migrations
+
+        apply_migrations(db)
+    return db
+
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def is_identifier(s: str) -> bool:
+    return bool(_IDENT.match(s))

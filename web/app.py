@@ -1,0 +1,137 @@
+"""Builds the Flask app: wiring of the store, actors and API areas, done once at start-up
+and passed explicitly to each area's blueprint (no global service locator)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from flask import Flask, Response, g, request
+
+from atrium.config import Config, ConfigError, load_config
+from atrium.logs import request_id_var, setup_logging
+from web.errors import error_response, install_error_handlers
+from web.ratelimit import Ratelimiter
+
+log = logging.getLogger(__name__)
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
+    "Access-Control-Expose-Headers": "Synapse-Trace-Id, Server",
+}
+
+
+@dataclass
+class Runtime:
+    """What the app built at start-up, kept so it can be shut down in order."""
+
+    config: Config
+    db: Any
+    signing_key: Any
+    ratelimiter: Ratelimiter
+    parts: dict[str, Any] = field(default_factory=dict)
+    shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    def shutdown(self) -> None:
+        """Stop actors first, then whatever flushes to the store, then the store."""
+        for hook in reversed(self.shutdown_hooks):
+            try:
+                hook()
+            except Exception:
+                log.exception("shutdown hook failed")
+        self.shutdown_hooks.clear()
+
+
+class LegacyPathMiddleware:
+    """Serve ``/_matrix/client/r0/…`` (and ``/api/v1``-era ``r0`` media) as aliases of v3."""
+
+    def __init__(self, wsgi: Any) -> None:
+        self.wsgi = wsgi
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_matrix/client/r0/"):
+            environ["PATH_INFO"] = "/_matrix/client/v3/" + path[len("/_matrix/client/r0/"):]
+        elif path.startswith("/_matrix/media/r0/"):
+            environ["PATH_INFO"] = "/_matrix/media/v3/" + path[len("/_matrix/media/r0/"):]
+        return self.wsgi(environ, start_response)
+
+
+def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
+    from atrium.keys import load_or_create_signing_key
+    from store.database import open_database
+
+    app = Flask("atrium")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.compact = True  # type: ignore[attr-defined]
+    app.config["ATRIUM_MAX_BODY"] = config.max_request_body_size
+    app.url_map.strict_slashes = False
+
+    db = open_database(config.database.name, config.database.args)
+    runtime = Runtime(config=config, db=db,
+                      signing_key=load_or_create_signing_key(config.signing_key_path),
+                      ratelimiter=Ratelimiter())
+    runtime.shutdown_hooks.append(db.close)
+    app.extensions["atrium"] = runtime
+
+    install_error_handlers(app)
+
+    @app.before_request
+    def _start() -> Response | None:
+        rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:12]
+        g.request_id = rid
+        request_id_var.set(rid)
+        if request.method == "OPTIONS":  # CORS pre-flight, for any path
+            return Response(status=200)
+        return None
+
+    @app.after_request
+    def _finish(resp: Response) -> Response:
+        for k, v in CORS_HEADERS.items():
+            resp.headers.setdefault(k, v)
+        resp.headers.setdefault("Cache-Control", "no-cache, no-store, must-revalidate")
+        if request.path.startswith("/_matrix/") or request.path.startswith("/_synapse/"):
+            log.info("%s %s -> %s", request.method, _safe_path(), resp.status_code)
+        return resp
+
+    from web import areas
+
+    areas.register_all(app, runtime)
+    app.wsgi_app = LegacyPathMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    return app
+
+
+def _safe_path() -> str:
+    # never log access tokens passed as query parameters
+    qs = request.query_string.decode("latin-1")
+    if "access_token" in qs:
+        return request.path + "?<redacted>"
+    return request.full_path.rstrip("?")
+
+
+def app_from_environment() -> Flask:
+    """Build the app from ``ATRIUM_CONFIG`` / ``./homeserver.yaml`` (gunicorn entry point)."""
+    setup_logging(os.environ.get("ATRIUM_LOG_LEVEL", "INFO"))
+    try:
+        config = load_config()
+    except ConfigError as e:
+        print(f"atrium: {e}", file=sys.stderr, flush=True)
+        sys.exit(4)  # gunicorn: "App failed to load", and the arbiter halts
+    setup_logging(config.log_level)
+    try:
+        return create_app(config)
+    except ConfigError as e:
+        print(f"atrium: {e}", file=sys.stderr, flush=True)
+        sys.exit(4)
+
+
+def runtime_of(app: Flask) -> Runtime:
+    return app.extensions["atrium"]
+
+
+__all__ = ["create_app", "app_from_environment", "runtime_of", "error_response"]

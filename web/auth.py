@@ -1,0 +1,59 @@
+"""Access-token authentication for every authenticated route (spec: client-server-api,
+"Client Authentication"): ``Authorization: Bearer`` or the deprecated ``access_token``
+query parameter; 401 ``M_MISSING_TOKEN`` / ``M_UNKNOWN_TOKEN`` (``soft_logout`` for an
+expired token)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app, g, request
+
+from atrium.errors import MatrixError
+from store.accounts import AccountStore, now_ms
+
+
+@dataclass(frozen=True)
+class Requester:
+    user_id: str
+    device_id: str | None
+    is_admin: bool
+    is_guest: bool
+    token_hash: str
+
+
+def extract_token() -> str | None:
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise MatrixError(401, "M_MISSING_TOKEN", "Invalid Authorization header")
+        return value.strip()
+    return request.args.get("access_token") or None
+
+
+def require_auth(*, allow_guest: bool = False) -> Requester:
+    """The authenticated user of this request, or a 401/403 Matrix error."""
+    cached = getattr(g, "requester", None)
+    if cached is not None:
+        return cached
+    token = extract_token()
+    if token is None:
+        raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
+    accounts: AccountStore = current_app.extensions["atrium"].parts["accounts"]
+    info = accounts.get_token(token)
+    if info is None or info.deactivated:
+        raise MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown access token", soft_logout=False)
+    if info.expires_ts is not None and info.expires_ts <= now_ms():
+        raise MatrixError(401, "M_UNKNOWN_TOKEN", "Access token has expired", soft_logout=True)
+    if info.is_guest and not allow_guest:
+        raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access not allowed")
+    req = Requester(info.user_id, info.device_id, info.is_admin, info.is_guest, info.token_hash)
+    g.requester = req
+    return req
+
+
+def require_admin() -> Requester:
+    req = require_auth()
+    if not req.is_admin:
+        raise MatrixError(403, "M_FORBIDDEN", "You are not a server admin")
+    return req
