@@ -21,24 +21,20 @@ def error_response(err: MatrixError) -> Response:
 
 
 def _supervision_error(e: Exception) -> MatrixError | None:
-    """Translate supervision errors (mailbox full, parked, timeout, crash) to Matrix errors."""
+    """Supervision failures (mailbox full, parked, timeout, crash) carry their own HTTP
+    status and errcode (see supervision/errors.py); a crash's detail stays in the log."""
     try:
-        from supervision import errors as se
-    except ImportError:  # pragma: no cover - supervision not built yet
+        from supervision.errors import ActorFailed, SupervisionError
+    except ImportError:  # pragma: no cover
         return None
-    if isinstance(e, se.MailboxFull):
-        return MatrixError(429, "M_LIMIT_EXCEEDED", "Too many requests queued for this room",
-                           retry_after_ms=int(getattr(e, "retry_after_ms", 1000) or 1000))
-    if isinstance(e, se.ActorParked):
-        return MatrixError(503, "M_UNKNOWN",
-                           "This room is temporarily unavailable after repeated failures",
-                           retry_after_ms=int(getattr(e, "retry_after_ms", 1000) or 1000))
-    if isinstance(e, se.AskTimeout):
-        return MatrixError(504, "M_UNKNOWN", "Timed out waiting for the room to answer")
-    if isinstance(e, se.ActorFailed):
-        return MatrixError(500, "M_UNKNOWN", "Internal error while handling the request; "
-                                             "the room has been restarted, please retry")
-    return None
+    if not isinstance(e, SupervisionError):
+        return None
+    body = e.to_matrix_error()
+    extra = {k: v for k, v in body.items() if k not in ("errcode", "error")}
+    if isinstance(e, ActorFailed):
+        return MatrixError(e.http_status, e.errcode, "Internal error while handling the "
+                           "request; it was not applied, please retry", **extra)
+    return MatrixError(e.http_status, e.errcode, body["error"], **extra)
 
 
 def install_error_handlers(app: Flask) -> None:

@@ -1,0 +1,42 @@
+# Atrium — the two commands: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: run test test-sqlite test-postgres bench clean-venv check-config
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt $(VENV)/.runtime
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+## make run: start Atrium on 127.0.0.1:8008 (writes ./homeserver.yaml on first start)
+run: $(VENV)/.runtime
+	$(BIN)/gunicorn -k gevent web:app
+
+check-config: $(VENV)/.runtime
+	$(BIN)/python -m atrium check-config
+
+## make test: the whole suite on SQLite, then the store-backed part on PostgreSQL
+test: $(VENV)/.dev
+	$(BIN)/python -m tools.run_tests
+
+test-sqlite: $(VENV)/.dev
+	ATRIUM_TEST_DB=sqlite $(BIN)/python -m pytest -q
+
+test-postgres: $(VENV)/.dev
+	ATRIUM_TEST_DB=postgres $(BIN)/python -m pytest -q --ignore=tests/protocol --ignore=tests/supervision
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench
+
+clean-venv:
+	rm -rf $(VENV)
