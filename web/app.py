@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import uuid
+from urllib.parse import quote, unquote_to_bytes
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -47,13 +49,27 @@ class Runtime:
         self.shutdown_hooks.clear()
 
 
+#: Stands in for an encoded slash (%2F) inside one path segment while Flask routes the
+#: request; turned back into "/" in the view arguments.  Event ids of room v3 contain "/".
+SLASH = "\ue000"
+_ENCODED_SLASH = re.compile(r"%2[fF]")
+
+
 class LegacyPathMiddleware:
-    """Serve ``/_matrix/client/r0/…`` (and ``/api/v1``-era ``r0`` media) as aliases of v3."""
+    """Path fix-ups before routing: keep ``%2F`` inside a segment (event ids of room v3
+    contain ``/``), and serve ``/_matrix/client/r0/…`` and media ``r0`` as aliases of v3."""
 
     def __init__(self, wsgi: Any) -> None:
         self.wsgi = wsgi
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        if raw and ("%2f" in raw or "%2F" in raw):
+            raw_path = raw.split("?", 1)[0]
+            if "://" in raw_path:
+                raw_path = "/" + raw_path.split("://", 1)[1].split("/", 1)[-1]
+            marked = _ENCODED_SLASH.sub(quote(SLASH), raw_path)
+            environ["PATH_INFO"] = unquote_to_bytes(marked).decode("latin-1")
         path = environ.get("PATH_INFO", "")
         if path.startswith("/_matrix/client/r0/"):
             environ["PATH_INFO"] = "/_matrix/client/v3/" + path[len("/_matrix/client/r0/"):]
@@ -80,6 +96,13 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
     app.extensions["atrium"] = runtime
 
     install_error_handlers(app)
+
+    @app.url_value_preprocessor
+    def _slashes(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        if values:
+            for k, v in values.items():
+                if isinstance(v, str) and SLASH in v:
+                    values[k] = v.replace(SLASH, "/")
 
     @app.before_request
     def _start() -> Response | None:

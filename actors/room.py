@@ -1,0 +1,305 @@
+"""RoomActor: one per room, the only writer of the room's DAG, state and forward extremities
+(ARCHITECTURE invariant 1).
+
+It loads the room from the store on its first message (version, create event, current
+state, extremities, depth).  For each write it builds the event with the protocol core
+(prev_events = the forward extremities, auth_events chosen from current state), authorises
+it against current state, and persists event + state group + current-state delta +
+extremities + stream position in one transaction before replying.  Several writes waiting
+in the mailbox are committed in one transaction (group commit) and each gets its own reply.
+Memory is only updated after COMMIT, so a failed write leaves the actor consistent; an
+unexpected error crashes the actor and its supervisor restarts it from the store.
+
+After commit, ``on_persisted`` hooks run (wake /sync waiters, hand events to federation).
+The DAG may fork once other servers write to it: current state is then the resolution over
+the forward extremities — federation's PDU path (a later issue) will call into this actor.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from atrium.errors import MatrixError
+from protocol import auth as protocol_auth
+from protocol.canonical import CanonicalJsonError, encode_canonical_json
+from protocol.events import auth_types_for_event, build_event
+from protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from store.database import Database, Txn
+from store.events import EventStore, PersistItem, RoomDelta
+from store.state import StateGroupStore, StateKey
+from supervision import SupervisedActor
+
+from actors.room_messages import EventSpec, GetRoomSnapshot, InitRoom, Send, Sent
+
+log = logging.getLogger(__name__)
+
+MAX_PDU_SIZE = 65536
+MAX_PREV_EVENTS = 10
+
+PersistedHook = Callable[[str, Sequence[tuple[dict[str, Any], int]]], None]
+
+
+@dataclass
+class RoomDeps:
+    """What every RoomActor is built with (wired once at start-up)."""
+
+    db: Database
+    events: EventStore
+    state_groups: StateGroupStore
+    server_name: str
+    signing_key: Any
+    on_persisted: list[PersistedHook]
+    clock: Callable[[], float] = time.time
+
+
+class _StateView(Mapping[StateKey, dict[str, Any]]):
+    """(type, state_key) → event dict over the actor's state maps, for protocol.auth."""
+
+    def __init__(self, ids: Mapping[StateKey, str], events: Mapping[str, dict[str, Any]],
+                 create: dict[str, Any]) -> None:
+        self._ids, self._events, self._create = ids, events, create
+
+    def __getitem__(self, key: StateKey) -> dict[str, Any]:
+        if key == ("m.room.create", ""):
+            return self._create
+        return self._events[self._ids[key]]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+class _Room:
+    """The actor's in-memory view of its room; copied before a tentative batch."""
+
+    __slots__ = ("rv", "create", "state", "state_events", "extremities", "depth", "group")
+
+    def __init__(self, rv: RoomVersion, create: dict[str, Any], state: dict[StateKey, str],
+                 state_events: dict[str, dict[str, Any]], extremities: list[str], depth: int,
+                 group: int | None) -> None:
+        self.rv, self.create, self.state = rv, create, state
+        self.state_events, self.extremities, self.depth, self.group = (
+            state_events, extremities, depth, group)
+
+    def copy(self) -> "_Room":
+        return _Room(self.rv, self.create, dict(self.state), dict(self.state_events),
+                     list(self.extremities), self.depth, self.group)
+
+
+@dataclass
+class _Pending:
+    item: PersistItem
+    state_group_write: tuple[int, int | None, dict[StateKey, str | None],
+                             dict[StateKey, str]] | None
+
+
+class RoomActor(SupervisedActor):
+    domain_errors = (MatrixError,)
+
+    def __init__(self, room_id: str, deps: RoomDeps) -> None:
+        super().__init__()
+        self.room_id = room_id
+        self.deps = deps
+        self.room: _Room | None = None
+
+    # ------------------------------------------------------------------ loading
+    def load(self) -> None:
+        info = self.deps.events.load_room(self.room_id)
+        if info is None:
+            self.room = None
+            return
+        rv = KNOWN_ROOM_VERSIONS[info["room_version"]]
+        state: dict[StateKey, str] = info["state"]
+        stored = self.deps.events.get_events(state.values())
+        state_events = {eid: se.event for eid, se in stored.items()}
+        create_id = state.get(("m.room.create", ""))
+        if create_id is None or create_id not in state_events:
+            raise RuntimeError(f"{self.room_id}: no create event in current state")
+        self.room = _Room(rv, state_events[create_id], dict(state), state_events,
+                          list(info["extremities"]), info["max_depth"],
+                          info["current_state_group"])
+
+    # ------------------------------------------------------------------ messages
+    def handle(self, message: Any) -> Any:
+        if isinstance(message, Send):
+            result = self._write([message])[0]
+            if isinstance(result, Exception):
+                raise result
+            return result
+        if isinstance(message, InitRoom):
+            return self._init_room(message)
+        if isinstance(message, GetRoomSnapshot):
+            r = self._require_room()
+            return {"room_version": r.rv.identifier, "extremities": list(r.extremities),
+                    "depth": r.depth, "state": dict(r.state), "state_group": r.group}
+        raise TypeError(f"RoomActor: unknown message {type(message).__name__}")
+
+    def handle_batch(self, messages: Sequence[Send]) -> list[Any]:
+        """Group commit: several Sends in one transaction; one result (or error) each."""
+        return self._write(list(messages))
+
+    def _require_room(self) -> _Room:
+        if self.room is None:
+            raise MatrixError(404, "M_NOT_FOUND", "Unknown room")
+        return self.room
+
+    # ------------------------------------------------------------------ creating
+    def _init_room(self, msg: InitRoom) -> list[str]:
+        if self.room is not None:
+            raise MatrixError(400, "M_ROOM_IN_USE", "Room already exists")
+        create = dict(msg.create_event)
+        rv = KNOWN_ROOM_VERSIONS[create["content"].get("room_version", "1")]
+        if create.get("room_id") != self.room_id:
+            raise MatrixError(400, "M_INVALID_PARAM", "create event is for another room")
+        protocol_auth.check_state_independent(rv, create)
+        tentative = _Room(rv, create, {}, {}, [], 0, None)
+        pendings = [self._stage(tentative, create, None, check=False)]
+        for spec in msg.initial:
+            ev = self._build(tentative, spec, None)
+            pendings.append(self._stage(tentative, ev, None))
+        creator = create["sender"]
+        self._commit(tentative, pendings, new_room=(rv.identifier, creator),
+                     is_public=msg.is_public)
+        return [p.item.event["event_id"] for p in pendings]
+
+    # ------------------------------------------------------------------ writing
+    def _write(self, sends: list[Send]) -> list[Any]:
+        room = self._require_room()
+        tentative = room.copy()
+        results: list[Any] = [None] * len(sends)
+        pendings: list[_Pending] = []
+        owners: list[int] = []
+        seen_txns: dict[tuple[str, str, str], int] = {}
+        for i, msg in enumerate(sends):
+            try:
+                if msg.txn is not None:
+                    key = (msg.spec.sender, msg.txn[0], msg.txn[1])
+                    if key in seen_txns:       # the same txn twice in one batch
+                        results[i] = ("dup", seen_txns[key])
+                        continue
+                    earlier = self.deps.events.get_txn_event(
+                        msg.spec.sender, msg.txn[0], self.room_id, msg.txn[1])
+                    if earlier is not None:
+                        se = self.deps.events.get_event(earlier)
+                        results[i] = Sent(earlier, se.stream_ordering if se else 0, True)
+                        continue
+                    seen_txns[key] = i
+                ev = self._build(tentative, msg.spec, msg.redacts)
+                txn_key = (msg.spec.sender, msg.txn[0], msg.txn[1]) if msg.txn else None
+                pendings.append(self._stage(tentative, ev, txn_key))
+                owners.append(i)
+            except MatrixError as e:
+                results[i] = e
+        if pendings:
+            orderings = self._commit(tentative, pendings)
+            for idx, p, so in zip(owners, pendings, orderings):
+                results[idx] = Sent(p.item.event["event_id"], so)
+        for i, r in enumerate(results):
+            if isinstance(r, tuple) and r and r[0] == "dup":
+                first = results[r[1]]
+                results[i] = Sent(first.event_id, first.stream_ordering, True) \
+                    if isinstance(first, Sent) else first
+        return results
+
+    def _build(self, room: _Room, spec: EventSpec, redacts: str | None) -> dict[str, Any]:
+        rv = room.rv
+        content = spec.content
+        if not isinstance(content, Mapping):
+            raise MatrixError(400, "M_BAD_JSON", "Event content must be a JSON object")
+        content = self._prepare_content(room, spec)
+        types = auth_types_for_event(rv, spec.type, spec.sender, spec.state_key, content)
+        auth_ids = [room.state[k] for k in sorted(types) if k in room.state]
+        try:
+            ev = build_event(
+                rv, room_id=self.room_id, sender=spec.sender, type=spec.type, content=content,
+                state_key=spec.state_key, prev_events=room.extremities[-MAX_PREV_EVENTS:],
+                auth_events=auth_ids, depth=room.depth + 1,
+                origin_server_ts=int(self.deps.clock() * 1000),
+                server_name=self.deps.server_name, signing_key=self.deps.signing_key,
+                redacts=redacts)
+        except CanonicalJsonError as e:
+            raise MatrixError(400, "M_BAD_JSON", f"Event is not canonical JSON: {e}") from None
+        if len(encode_canonical_json(ev)) > MAX_PDU_SIZE:
+            raise MatrixError(413, "M_TOO_LARGE", "Event is larger than 65536 bytes")
+        try:
+            protocol_auth.check_auth(rv, ev, _StateView(room.state, room.state_events,
+                                                        room.create))
+        except protocol_auth.AuthError as e:
+            raise MatrixError(403, "M_FORBIDDEN", str(e)) from None
+        return ev
+
+    def _prepare_content(self, room: _Room, spec: EventSpec) -> dict[str, Any]:
+        """Server-side additions to content (restricted-join authorisation)."""
+        content = dict(spec.content)
+        if (spec.type == "m.room.member" and content.get("membership") == "join"
+                and spec.state_key == spec.sender and room.rv.restricted_join_rule
+                and "join_authorised_via_users_server" not in content):
+            from actors.room_restricted import authorising_user
+
+            via = authorising_user(self.deps.events, room.rv, self.room_id, room.state,
+                                   room.state_events, room.create, spec.sender,
+                                   self.deps.server_name)
+            if via is not None:
+                content["join_authorised_via_users_server"] = via
+        return content
+
+    def _stage(self, room: _Room, ev: dict[str, Any], txn_key: tuple[str, str, str] | None,
+               check: bool = True) -> _Pending:
+        """Apply ``ev`` to the tentative room; return what must be persisted for it."""
+        eid = ev["event_id"]
+        sg_write = None
+        if "state_key" in ev:
+            key = (ev["type"], ev["state_key"])
+            replaced = room.state.get(key)
+            if replaced is not None:
+                # not part of the signed PDU: lets clients get prev_content cheaply
+                ev.setdefault("unsigned", {})["replaces_state"] = replaced
+            new_group = self.deps.state_groups.new_group_id()
+            room.state[key] = eid
+            room.state_events[eid] = ev
+            sg_write = (new_group, room.group, {key: eid}, dict(room.state))
+            room.group = new_group
+        room.extremities = [eid]
+        room.depth = max(room.depth, int(ev["depth"]))
+        item = PersistItem(event=ev, stream_ordering=0, state_group=room.group, txn_key=txn_key)
+        return _Pending(item, sg_write)
+
+    def _commit(self, tentative: _Room, pendings: list[_Pending], *,
+                new_room: tuple[str, str | None] | None = None,
+                is_public: bool = False) -> list[int]:
+        before = self.room.state if self.room is not None else {}
+        state_delta = {k: v for k, v in tentative.state.items() if before.get(k) != v}
+        delta = RoomDelta(room_id=self.room_id, forward_extremities=list(tentative.extremities),
+                          state_delta=state_delta, current_state_group=tentative.group,
+                          new_room=new_room)
+        sg = self.deps.state_groups
+
+        def _persist(txn: Txn, orderings: list[int]) -> None:
+            for p, so in zip(pendings, orderings):
+                p.item.stream_ordering = so
+            for p in pendings:
+                if p.state_group_write is not None:
+                    gid, prev, d, full = p.state_group_write
+                    sg.write_group(txn, gid, self.room_id, prev, d, full)
+            self.deps.events.persist(txn, [p.item for p in pendings], delta)
+            if is_public:
+                txn.execute("UPDATE rooms SET is_public = 1 WHERE room_id = ?", (self.room_id,))
+
+        with self.deps.events.stream.allocate(len(pendings)) as orderings:
+            self.deps.db.run("persist_events", _persist, orderings, write=True)
+        self.room = tentative
+        persisted = [(p.item.event, p.item.stream_ordering) for p in pendings]
+        for hook in self.deps.on_persisted:
+            try:
+                hook(self.room_id, persisted)
+            except Exception:
+                log.exception("%s: on_persisted hook failed", self.room_id)
+        return orderings
+
+
+def iter_state_events(room: _Room) -> Iterable[dict[str, Any]]:
+    return (room.state_events[e] for e in room.state.values())

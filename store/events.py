@@ -1,0 +1,271 @@
+"""Events and room DAG storage: the persist transaction a RoomActor runs, and the reads
+everything else does (events by id, room state, extremities).
+
+Events are stored as received (``json``); a redacted event is pruned on read by the room
+version's redaction algorithm and carries ``unsigned.redacted_because``.  Stored events are
+immutable except for ``redacted_by``, so they are cached (bounded LRU) and the cache entry is
+dropped when a redaction lands.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from protocol.events import auth_event_ids, prev_event_ids
+from protocol.redaction import redact
+from protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from store.database import Database, Txn
+from store.state import StateGroupStore, StateKey
+from store.streams import StreamIdGenerator
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    event: dict[str, Any]          # as received (not pruned); treat as read-only
+    room_id: str
+    stream_ordering: int
+    state_group: int | None
+    outlier: bool
+    rejection: str | None
+    soft_failed: bool
+    redacted_by: str | None
+    txn_device: str | None
+    txn_id: str | None
+
+    @property
+    def event_id(self) -> str:
+        return self.event["event_id"]
+
+
+@dataclass
+class PersistItem:
+    """One event to persist, with what the room actor decided about it."""
+
+    event: dict[str, Any]
+    stream_ordering: int
+    state_group: int | None
+    rejection: str | None = None
+    soft_failed: bool = False
+    outlier: bool = False
+    txn_key: tuple[str, str, str] | None = None      # (user_id, device_id, txn_id)
+
+
+@dataclass
+class RoomDelta:
+    """How one persist call moves the room: new extremities, current-state changes."""
+
+    room_id: str
+    forward_extremities: list[str] | None = None      # the full new set, if it changed
+    state_delta: dict[StateKey, str | None] = field(default_factory=dict)
+    current_state_group: int | None = None
+    new_room: tuple[str, str | None] | None = None    # (room_version, creator) on create
+
+
+_COLS = ("stream_ordering, event_id, room_id, json, outlier, rejection, soft_failed,"
+         " redacted_by, state_group, txn_device, txn_id")
+
+
+class EventStore:
+    def __init__(self, db: Database, state_groups: StateGroupStore,
+                 cache_size: int = 20000) -> None:
+        self.db = db
+        self.state_groups = state_groups
+        self.stream = StreamIdGenerator(db, "events", "stream_ordering")
+        self._cache: OrderedDict[str, StoredEvent] = OrderedDict()
+        self._cache_size = cache_size
+        self._room_versions: dict[str, RoomVersion] = {}
+
+    # ------------------------------------------------------------------ writing
+    def persist(self, txn: Txn, items: Sequence[PersistItem], delta: RoomDelta) -> None:
+        """Write events + edges + state + extremities for one room in the caller's txn."""
+        now = int(time.time() * 1000)
+        room_id = delta.room_id
+        if delta.new_room is not None:
+            version, creator = delta.new_room
+            txn.execute("INSERT INTO rooms (room_id, room_version, creator, created_ts)"
+                        " VALUES (?, ?, ?, ?)", (room_id, version, creator, now))
+        ev_rows, edges, auths, members, relations, redactions, txns = [], [], [], [], [], [], []
+        for it in items:
+            ev = it.event
+            eid = ev["event_id"]
+            ev_rows.append((
+                it.stream_ordering, eid, room_id, ev["type"], ev.get("state_key"),
+                ev["sender"], int(ev.get("depth", 0)), int(ev.get("origin_server_ts", 0)), now,
+                dumps(ev), int(it.outlier), it.rejection, int(it.soft_failed), it.state_group,
+                it.txn_key[1] if it.txn_key else None, it.txn_key[2] if it.txn_key else None))
+            edges.extend((eid, p, room_id) for p in prev_event_ids(ev))
+            auths.extend((eid, a) for a in auth_event_ids(ev))
+            if it.rejection is not None:
+                continue
+            if ev["type"] == "m.room.member" and isinstance(ev.get("state_key"), str):
+                members.append((eid, room_id, ev["state_key"], ev["sender"],
+                                str(ev.get("content", {}).get("membership", "")),
+                                it.stream_ordering))
+            rel = ev.get("content", {}).get("m.relates_to")
+            if isinstance(rel, dict) and isinstance(rel.get("event_id"), str) \
+                    and isinstance(rel.get("rel_type"), str):
+                key = rel.get("key") if isinstance(rel.get("key"), str) else None
+                relations.append((eid, rel["event_id"], rel["rel_type"], key, room_id,
+                                  ev["sender"], ev["type"], it.stream_ordering))
+            if ev["type"] == "m.room.redaction":
+                target = ev.get("redacts") or ev.get("content", {}).get("redacts")
+                if isinstance(target, str):
+                    redactions.append((eid, target, room_id))
+            if it.txn_key is not None:
+                txns.append((*it.txn_key, room_id, eid, now))
+        txn.executemany(
+            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender,"
+            " depth, origin_server_ts, received_ts, json, outlier, rejection, soft_failed,"
+            " state_group, txn_device, txn_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", ev_rows)
+        txn.executemany("INSERT INTO event_edges (event_id, prev_event_id, room_id)"
+                        " VALUES (?, ?, ?) ON CONFLICT DO NOTHING", edges)
+        txn.executemany("INSERT INTO event_auth (event_id, auth_id) VALUES (?, ?)"
+                        " ON CONFLICT DO NOTHING", auths)
+        txn.executemany("INSERT INTO room_memberships (event_id, room_id, user_id, sender,"
+                        " membership, stream_ordering) VALUES (?, ?, ?, ?, ?, ?)", members)
+        txn.executemany("INSERT INTO event_relations (event_id, relates_to_id, rel_type,"
+                        " aggregation_key, room_id, sender, type, stream_ordering)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", relations)
+        txn.executemany("INSERT INTO event_txns (user_id, device_id, txn_id, room_id, event_id,"
+                        " created_ts) VALUES (?, ?, ?, ?, ?, ?)", txns)
+        for red_id, target, _ in redactions:
+            txn.execute("INSERT INTO redactions (event_id, redacts, room_id) VALUES (?, ?, ?)",
+                        (red_id, target, room_id))
+            # only a redaction of an event in the same room applies
+            txn.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
+                        " AND redacted_by IS NULL", (red_id, target, room_id))
+            txn.call_after_commit(lambda t=target: self._cache.pop(t, None))
+        if delta.forward_extremities is not None:
+            txn.execute("DELETE FROM room_forward_extremities WHERE room_id = ?", (room_id,))
+            txn.executemany("INSERT INTO room_forward_extremities (room_id, event_id)"
+                            " VALUES (?, ?)", [(room_id, e) for e in delta.forward_extremities])
+        if delta.state_delta:
+            self._apply_state_delta(txn, room_id, delta.state_delta, items)
+        if delta.current_state_group is not None:
+            txn.execute("UPDATE rooms SET current_state_group = ? WHERE room_id = ?",
+                        (delta.current_state_group, room_id))
+
+    def _apply_state_delta(self, txn: Txn, room_id: str,
+                           state_delta: Mapping[StateKey, str | None],
+                           items: Sequence[PersistItem]) -> None:
+        by_id = {it.event["event_id"]: it.event for it in items}
+        for (etype, skey), eid in state_delta.items():
+            if eid is None:
+                txn.execute("DELETE FROM current_state WHERE room_id = ? AND type = ?"
+                            " AND state_key = ?", (room_id, etype, skey))
+                continue
+            membership = None
+            if etype == "m.room.member":
+                ev = by_id.get(eid)
+                if ev is None:
+                    row = txn.query_one("SELECT json FROM events WHERE event_id = ?", (eid,))
+                    ev = json.loads(row[0]) if row else {}
+                membership = str(ev.get("content", {}).get("membership", "")) or None
+            txn.execute(
+                "INSERT INTO current_state (room_id, type, state_key, event_id, membership)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (room_id, type, state_key) DO UPDATE"
+                " SET event_id = excluded.event_id, membership = excluded.membership",
+                (room_id, etype, skey, eid, membership))
+
+    # ------------------------------------------------------------------ reading
+    def room_version(self, room_id: str) -> RoomVersion | None:
+        rv = self._room_versions.get(room_id)
+        if rv is None:
+            v = self.db.run("room_version", lambda t: t.query_value(
+                "SELECT room_version FROM rooms WHERE room_id = ?", (room_id,)))
+            if v is None:
+                return None
+            rv = KNOWN_ROOM_VERSIONS[v]
+            self._room_versions[room_id] = rv
+        return rv
+
+    def _row_to_stored(self, r: tuple) -> StoredEvent:
+        return StoredEvent(event=json.loads(r[3]), room_id=r[2], stream_ordering=r[0],
+                           state_group=r[8], outlier=bool(r[4]), rejection=r[5],
+                           soft_failed=bool(r[6]), redacted_by=r[7], txn_device=r[9],
+                           txn_id=r[10])
+
+    def get_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
+        """Events by id (those we have), from the cache or the store."""
+        ids = list(dict.fromkeys(event_ids))
+        out: dict[str, StoredEvent] = {}
+        missing = []
+        for eid in ids:
+            se = self._cache.get(eid)
+            if se is not None:
+                out[eid] = se
+            else:
+                missing.append(eid)
+        if missing:
+            rows = self.db.run("get_events", self.fetch_events_txn, missing)
+            for se in rows:
+                out[se.event_id] = se
+                self._remember(se)
+        return out
+
+    def get_event(self, event_id: str) -> StoredEvent | None:
+        return self.get_events([event_id]).get(event_id)
+
+    def fetch_events_txn(self, txn: Txn, event_ids: Sequence[str]) -> list[StoredEvent]:
+        out = []
+        for i in range(0, len(event_ids), 200):
+            chunk = event_ids[i:i + 200]
+            marks = ",".join("?" * len(chunk))
+            out.extend(self._row_to_stored(r) for r in txn.query(
+                f"SELECT {_COLS} FROM events WHERE event_id IN ({marks})", chunk))
+        return out
+
+    def _remember(self, se: StoredEvent) -> None:
+        self._cache[se.event_id] = se
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def visible_form(self, se: StoredEvent, rv: RoomVersion) -> dict[str, Any]:
+        """The event as it should be served: pruned if redacted."""
+        if se.redacted_by is None:
+            return se.event
+        pruned = redact(se.event, rv)
+        pruned["event_id"] = se.event_id
+        if "room_id" not in pruned:
+            pruned["room_id"] = se.room_id
+        return pruned
+
+    # room-level reads used by the room actor at load time
+    def load_room(self, room_id: str) -> dict[str, Any] | None:
+        def _q(txn: Txn) -> dict[str, Any] | None:
+            r = txn.query_one("SELECT room_version, creator, current_state_group, is_public"
+                              " FROM rooms WHERE room_id = ?", (room_id,))
+            if r is None:
+                return None
+            extremities = [e for (e,) in txn.query(
+                "SELECT event_id FROM room_forward_extremities WHERE room_id = ?", (room_id,))]
+            state = {(t, k): e for t, k, e in txn.query(
+                "SELECT type, state_key, event_id FROM current_state WHERE room_id = ?",
+                (room_id,))}
+            max_depth = txn.query_value(
+                "SELECT MAX(depth) FROM events WHERE room_id = ? AND outlier = 0", (room_id,),
+                default=0)
+            return {"room_version": r[0], "creator": r[1], "current_state_group": r[2],
+                    "is_public": bool(r[3]), "extremities": extremities, "state": state,
+                    "max_depth": int(max_depth)}
+
+        return self.db.run("load_room", _q)
+
+    def get_current_state_ids(self, room_id: str) -> dict[StateKey, str]:
+        return self.db.run("current_state", lambda t: {(ty, k): e for ty, k, e in t.query(
+            "SELECT type, state_key, event_id FROM current_state WHERE room_id = ?",
+            (room_id,))})
+
+    def get_txn_event(self, user_id: str, device_id: str, room_id: str,
+                      txn_id: str) -> str | None:
+        """The event id of an earlier send with this transaction id, in this room."""
+        return self.db.run("get_txn", lambda t: t.query_value(
+            "SELECT event_id FROM event_txns WHERE user_id = ? AND device_id = ?"
+            " AND room_id = ? AND txn_id = ?", (user_id, device_id, room_id, txn_id)))

@@ -1,0 +1,85 @@
+"""The rooms part of the wiring: the room supervisor over RoomActors, the event and state
+stores, and the helpers handlers use to talk to a room (``ask`` with the request's trace id)
+or read it (straight from the store: reads never go through the actor)."""
+from __future__ import annotations
+
+import secrets
+import string
+from typing import Any, Callable, Sequence
+
+from flask import g, request
+
+from atrium.config import Config
+from atrium.errors import MatrixError
+from protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from store.database import Database
+from store.events import EventStore, StoredEvent
+from store.state import StateGroupStore
+from supervision import Supervisor, Tracer
+
+from actors.room import RoomActor, RoomDeps
+from actors.room_messages import EventSpec, Send, Sent
+
+_ID_CHARS = string.ascii_letters
+
+
+class RoomService:
+    def __init__(self, config: Config, db: Database, signing_key: Any, tracer: Tracer) -> None:
+        self.config = config
+        self.db = db
+        self.state_groups = StateGroupStore(db)
+        self.events = EventStore(db, self.state_groups)
+        self.on_persisted: list[Callable[[str, Sequence[tuple[dict[str, Any], int]]], None]] = []
+        self.deps = RoomDeps(db=db, events=self.events, state_groups=self.state_groups,
+                             server_name=config.server_name, signing_key=signing_key,
+                             on_persisted=self.on_persisted)
+        a = config.actors
+        self.supervisor = Supervisor(
+            "rooms", lambda room_id: RoomActor(room_id, self.deps), tracer=tracer,
+            max_mailbox=a.mailbox_size, ask_timeout=a.ask_timeout, idle_timeout=a.idle_timeout,
+            restart_delay=a.restart_delay, max_restarts=a.max_restarts,
+            restart_window=a.restart_window, park_duration=a.park_duration)
+
+    # ---------------------------------------------------------------- talking to rooms
+    def ask(self, room_id: str, msg: Any) -> Any:
+        return self.supervisor.ask(room_id, msg, trace_id=getattr(g, "request_id", None),
+                                   sender=f"web {request.method} {request.path}"[:120])
+
+    def send(self, room_id: str, spec: EventSpec, *, txn: tuple[str, str] | None = None,
+             redacts: str | None = None) -> Sent:
+        self.require_room(room_id)
+        return self.ask(room_id, Send(spec=spec, txn=txn, redacts=redacts))
+
+    # ---------------------------------------------------------------- reading
+    def room_version(self, room_id: str) -> RoomVersion | None:
+        return self.events.room_version(room_id)
+
+    def require_room(self, room_id: str) -> RoomVersion:
+        rv = self.room_version(room_id)
+        if rv is None:
+            raise MatrixError(404, "M_NOT_FOUND", "Unknown room")
+        return rv
+
+    def membership(self, room_id: str, user_id: str) -> tuple[str | None, str | None]:
+        """(membership, event_id) of the user's current membership in the room."""
+        r = self.db.run("membership", lambda t: t.query_one(
+            "SELECT membership, event_id FROM current_state WHERE room_id = ?"
+            " AND type = 'm.room.member' AND state_key = ?", (room_id, user_id)))
+        return (r[0], r[1]) if r else (None, None)
+
+    def current_state_event(self, room_id: str, etype: str, skey: str) -> StoredEvent | None:
+        eid = self.db.run("state_event", lambda t: t.query_value(
+            "SELECT event_id FROM current_state WHERE room_id = ? AND type = ?"
+            " AND state_key = ?", (room_id, etype, skey)))
+        return self.events.get_event(eid) if eid else None
+
+    def new_room_id(self) -> str:
+        return "!" + "".join(secrets.choice(_ID_CHARS) for _ in range(18)) + \
+            ":" + self.config.server_name
+
+    def resolve_room_version(self, requested: Any) -> RoomVersion:
+        v = self.config.default_room_version if requested is None else requested
+        if not isinstance(v, str) or v not in KNOWN_ROOM_VERSIONS:
+            raise MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION",
+                              f"Room version {v!r} is not supported")
+        return KNOWN_ROOM_VERSIONS[v]
