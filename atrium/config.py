@@ -83,6 +83,15 @@ class Config:
     trace_jsonl_path: str | None
     log_level: str
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    # media repository (Synapse's key names)
+    enable_legacy_unauthenticated_media: bool = True
+    max_image_pixels: int = 32 * 1024 * 1024
+    max_pending_media_uploads: int = 5
+    unused_expiration_time: float = 86400.0
+    media_upload_limits: tuple[tuple[float, int], ...] = ()  # (time_period s, max_size bytes)
+    # room directory (Synapse's key names); None = no list configured = allow all
+    room_list_publication_rules: tuple["DirectoryRule", ...] | None = None
+    alias_creation_rules: tuple["DirectoryRule", ...] | None = None
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -173,6 +182,9 @@ KNOWN_KEYS = {
     "url_preview_enabled", "room_list_publication_rules", "presence", "push",
     "admin_contact", "suppress_key_server_warning", "trusted_key_servers",
     "federation_verify_certificates", "federation_ip_range_blacklist", "tls",
+    "max_image_pixels", "max_pending_media_uploads", "unused_expiration_time",
+    "media_upload_limits",
+    "alias_creation_rules",
 }
 
 
@@ -311,7 +323,65 @@ def parse_config(raw: Any, path: str = "<memory>", base_dir: str | None = None) 
         trace_jsonl_path=rel(trace_jsonl) if trace_jsonl else None,
         log_level=log_level,
         raw=raw,
+        enable_legacy_unauthenticated_media=_bool(raw, "enable_legacy_unauthenticated_media",
+                                                  True),
+        max_image_pixels=parse_size("max_image_pixels", raw.get("max_image_pixels", "32M")),
+        max_pending_media_uploads=_num("max_pending_media_uploads",
+                                       raw.get("max_pending_media_uploads", 5), minimum=1,
+                                       integer=True),
+        unused_expiration_time=parse_duration("unused_expiration_time",
+                                              raw.get("unused_expiration_time", "24h")),
+        media_upload_limits=_media_upload_limits(raw.get("media_upload_limits") or []),
+        room_list_publication_rules=_directory_rules(raw, "room_list_publication_rules"),
+        alias_creation_rules=_directory_rules(raw, "alias_creation_rules"),
     )
+
+
+def _media_upload_limits(v: Any) -> tuple[tuple[float, int], ...]:
+    """Synapse's ``media_upload_limits``: a list of ``{time_period: 1d, max_size: 1G}``."""
+    if not isinstance(v, list) or not all(isinstance(e, dict) for e in v):
+        raise ConfigError("config key 'media_upload_limits' must be a list of "
+                          "{time_period, max_size} mappings")
+    return tuple((parse_duration("media_upload_limits.time_period", e.get("time_period")),
+                  parse_size("media_upload_limits.max_size", e.get("max_size"))) for e in v)
+
+
+@dataclass(frozen=True)
+class DirectoryRule:
+    """One rule of ``alias_creation_rules`` / ``room_list_publication_rules``: globs
+    (``*``, ``?``) over the user id, the alias and the room id; the first rule that matches
+    decides."""
+
+    user_id: str = "*"
+    alias: str = "*"
+    room_id: str = "*"
+    action: str = "allow"
+
+
+def _directory_rules(raw: dict[str, Any], key: str) -> tuple[DirectoryRule, ...] | None:
+    """Synapse's rule lists: absent means allow everything; ``[]`` denies everything."""
+    v = raw.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, list) or not all(isinstance(e, dict) for e in v):
+        raise ConfigError(f"config key '{key}' must be a list of "
+                          "{user_id, alias, room_id, action} mappings")
+    rules = []
+    for i, e in enumerate(v):
+        unknown = set(e) - {"user_id", "alias", "room_id", "action"}
+        if unknown:
+            raise ConfigError(f"config key '{key}[{i}]' has unknown fields: "
+                              f"{', '.join(sorted(map(str, unknown)))}")
+        for f in ("user_id", "alias", "room_id"):
+            if not isinstance(e.get(f, "*"), str):
+                raise ConfigError(f"config key '{key}[{i}].{f}' must be a glob string")
+        action = e.get("action", "allow")
+        if action not in ("allow", "deny"):
+            raise ConfigError(f"config key '{key}[{i}].action' must be allow or deny "
+                              f"(got {action!r})")
+        rules.append(DirectoryRule(e.get("user_id", "*"), e.get("alias", "*"),
+                                   e.get("room_id", "*"), action))
+    return tuple(rules)
 
 
 def config_path_from_env() -> str:
