@@ -99,6 +99,7 @@ class _Pending:
 
 class RoomActor(SupervisedActor):
     domain_errors = (MatrixError,)
+    batch_types = (Send,)  # group commit: queued sends share one transaction
 
     def __init__(self, room_id: str, deps: RoomDeps) -> None:
         super().__init__()

@@ -87,6 +87,22 @@ class _Inbox:
     def get_nowait(self) -> Any:
         return self._q.get(block=False)
 
+    def take_if(self, pred: Callable[[Any], bool]) -> Any:
+        """Remove and return the head item if ``pred(item)``; else ``None`` (group commit)."""
+        q = self._q
+        if hasattr(q, "peek_nowait"):  # gevent's queue: greenlets don't preempt in between
+            try:
+                head = q.peek_nowait()
+            except queue.Empty:
+                return None
+            return q.get_nowait() if pred(head) else None
+        with q.mutex:  # the stdlib queue (unpatched process)
+            if q.queue and pred(q.queue[0]):
+                item = q.queue.popleft()
+                q.not_full.notify()
+                return item
+        return None
+
     def empty(self) -> bool:
         return self._q.empty()
 
@@ -105,6 +121,12 @@ class SupervisedActor(pykka.ThreadingActor):
 
     domain_errors: ClassVar[tuple[type[Exception], ...]] = ()
     """Exception types that are answers, not failures: re-raised to the asker, no restart."""
+
+    batch_types: ClassVar[tuple[type, ...]] = ()
+    """Message types that may be handled together by :meth:`handle_batch` (group commit):
+    when one is taken from the mailbox, the ones queued right behind it join it."""
+
+    max_batch: ClassVar[int] = 64
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -133,6 +155,12 @@ class SupervisedActor(pykka.ThreadingActor):
         """Handle one message; the return value is the reply to an ``ask``."""
         raise NotImplementedError(f"{type(self).__name__}.handle")
 
+    def handle_batch(self, messages: list[Any]) -> list[Any]:
+        """Handle several ``batch_types`` messages at once; one result per message, where a
+        result that is a domain error instance is that message's error.  Raising fails the
+        whole batch (every caller gets ``ActorFailed``) and restarts the actor."""
+        return [self.handle(m) for m in messages]
+
     # -- runtime -------------------------------------------------------------------------------
 
     @property
@@ -149,7 +177,11 @@ class SupervisedActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         try:
             if isinstance(message, Envelope):
-                self._deliver(message)
+                batch = self._collect_batch(message)
+                if batch is None:
+                    self._deliver(message)
+                else:
+                    self._deliver_batch(batch)
             elif message is _IDLE:
                 assert self.supervisor is not None
                 self.supervisor._on_idle(self)
@@ -237,6 +269,82 @@ class SupervisedActor(pykka.ThreadingActor):
         if kind == "fatal":
             raise InjectedFatal(f"injected fatal error in {self.name}")
         time.sleep(delay)  # "hang": a slow handler (gevent sleep once patched)
+
+    def _collect_batch(self, first: Envelope) -> list[Envelope] | None:
+        """``first`` plus the batchable envelopes queued right behind it, or ``None``."""
+        if not self.batch_types or not isinstance(first.message, self.batch_types):
+            return None
+        sup = self.supervisor
+        if sup is None or sup.pending_faults(self.key) or not self.loaded:
+            return None  # injected faults and the first load keep their one-by-one semantics
+        inbox = self.actor_inbox
+        assert isinstance(inbox, _Inbox)
+        types = self.batch_types
+
+        def batchable(item: Any) -> bool:
+            m = getattr(item, "message", None)
+            return isinstance(m, Envelope) and isinstance(m.message, types)
+
+        batch = [first]
+        while len(batch) < self.max_batch:
+            item = inbox.take_if(batchable)
+            if item is None:
+                break
+            batch.append(item.message)
+        return batch if len(batch) > 1 else None
+
+    def _deliver_batch(self, batch: list[Envelope]) -> None:
+        sup = self.supervisor
+        child = self._child
+        assert sup is not None and child is not None
+        live: list[Envelope] = []
+        for env in batch:
+            if env.reply is not None and env.reply.abandoned:
+                sup._finish(child, env, "timeout", None, 0.0)
+            else:
+                sup.tracer.started(env.record)
+                live.append(env)
+        if not live:
+            return
+        started = time.perf_counter()
+        token = _set_context(TraceContext(live[0].trace_id, self.name))
+        self.trace_id, self.sender = live[0].trace_id, live[0].sender
+        crash: BaseException | None = None
+        results: list[Any] = []
+        try:
+            results = self.handle_batch([env.message for env in live])
+            if len(results) != len(live):
+                raise RuntimeError("handle_batch returned the wrong number of results")
+        except BaseException as exc:  # noqa: BLE001 - state is suspect; contain it here
+            crash = exc
+        finally:
+            _reset_context(token)
+            self.trace_id = self.sender = None
+        elapsed = (time.perf_counter() - started) / len(live)
+        for i, env in enumerate(live):
+            if crash is not None:
+                outcome, error = "crash", crash
+                if env.reply is not None:
+                    env.reply.set_error(ActorFailed(self.key, crash))
+            elif isinstance(results[i], self.domain_errors or ()) and \
+                    isinstance(results[i], BaseException):
+                outcome, error = "domain_error", results[i]
+                if env.reply is not None:
+                    env.reply.set_error(results[i])
+            else:
+                outcome, error = "ok", None
+                if env.reply is not None:
+                    env.reply.set_value(results[i])
+            sup._finish(child, env, outcome, error, elapsed)
+        if crash is not None:
+            self._crash = crash
+            self.actor_stopped.set()
+            log.error("%s crashed on a batch of %d", self.name, len(live),
+                      exc_info=(type(crash), crash, crash.__traceback__))
+            try:
+                self.on_failure(type(crash), crash, crash.__traceback__)
+            except BaseException:  # noqa: BLE001
+                log.exception("%s: on_failure raised", self.name)
 
     def _shutdown(self) -> None:
         """Stop cleanly: no more messages, run ``on_stop``."""
