@@ -1,0 +1,145 @@
+"""Command-line tools: ``python -m atrium register`` (create a user through the shared-secret
+admin API, like Synapse's ``register_new_matrix_user``) and ``python -m atrium check-config``
+(validate the config file and say what is wrong in one line).
+
+Exit codes: 0 success, 1 the server refused or could not be reached, 2 bad usage or config.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import hashlib
+import hmac
+import sys
+from typing import Any
+
+from atrium.config import Config, ConfigError, config_path_from_env, load_config
+
+DEFAULT_URL = "http://127.0.0.1:8008"
+
+
+def registration_mac(secret: str, nonce: str, username: str, password: str, admin: bool,
+                     user_type: str | None = None) -> str:
+    """HMAC-SHA1 over nonce, username, password and admin flag (Synapse's admin API)."""
+    parts = [nonce, username, password, "admin" if admin else "notadmin"]
+    if user_type:
+        parts.append(user_type)
+    msg = b"\x00".join(p.encode("utf-8") for p in parts)
+    return hmac.new(secret.encode("utf-8"), msg, hashlib.sha1).hexdigest()
+
+
+def register_user(url: str, secret: str, username: str, password: str, *, admin: bool,
+                  user_type: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    """Run the nonce + HMAC exchange against ``url``; the server's JSON answer, or raise
+    ``RuntimeError`` with the server's error."""
+    import requests
+
+    endpoint = url.rstrip("/") + "/_synapse/admin/v1/register"
+    r = requests.get(endpoint, timeout=timeout)
+    if r.status_code != 200:
+        raise RuntimeError(_describe(r))
+    nonce = r.json()["nonce"]
+    body: dict[str, Any] = {"nonce": nonce, "username": username, "password": password,
+                            "admin": admin,
+                            "mac": registration_mac(secret, nonce, username, password, admin,
+                                                    user_type)}
+    if user_type:
+        body["user_type"] = user_type
+    r = requests.post(endpoint, json=body, timeout=timeout)
+    if r.status_code != 200:
+        raise RuntimeError(_describe(r))
+    return r.json()
+
+
+def _describe(r: Any) -> str:
+    try:
+        j = r.json()
+        return f"{r.status_code} {j.get('errcode', '')}: {j.get('error', r.text)}"
+    except ValueError:
+        return f"{r.status_code}: {r.text[:200]}"
+
+
+def _load(path: str | None) -> Config:
+    return load_config(path or config_path_from_env(), write_default=False)
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    secret = args.shared_secret
+    if secret is None:
+        try:
+            secret = _load(args.config).registration_shared_secret
+        except ConfigError as e:
+            print(f"atrium: {e}", file=sys.stderr)
+            return 2
+    if not secret:
+        print("atrium: no registration_shared_secret in the config (or --shared-secret)",
+              file=sys.stderr)
+        return 2
+    username = args.user or input("New user localpart: ").strip()
+    password = args.password
+    if password is None:
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Confirm password: "):
+            print("atrium: passwords do not match", file=sys.stderr)
+            return 2
+    if not username or not password:
+        print("atrium: username and password must not be empty", file=sys.stderr)
+        return 2
+    try:
+        result = register_user(args.url, secret, username, password, admin=args.admin,
+                               user_type=args.user_type)
+    except RuntimeError as e:
+        print(f"atrium: registration failed: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"atrium: cannot reach {args.url}: {e}", file=sys.stderr)
+        return 1
+    print(f"Success! Registered {result.get('user_id')}"
+          f"{' (admin)' if args.admin else ''}.")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as e:
+        print(f"atrium: {e}", file=sys.stderr)
+        return 2
+    if config.enable_registration and not (config.enable_registration_without_verification
+                                           or config.registration_requires_token):
+        print("atrium: warning: enable_registration is on without "
+              "enable_registration_without_verification or registration_requires_token; "
+              "registration will be refused (this server cannot verify e-mail)",
+              file=sys.stderr)
+    print(f"config {config.path} is valid (server_name: {config.server_name}, "
+          f"database: {config.database.name})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m atrium", description="Atrium homeserver tools")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("register", help="create a user with the shared-secret admin API")
+    r.add_argument("-u", "--user", help="localpart of the new user")
+    r.add_argument("-p", "--password", help="password (prompted for if omitted)")
+    r.add_argument("-a", "--admin", action="store_true", help="make the user a server admin")
+    r.add_argument("--no-admin", dest="admin", action="store_false")
+    r.add_argument("-t", "--user_type", "--user-type", dest="user_type",
+                   choices=["support", "bot"], help="optional user type")
+    r.add_argument("-c", "--config", help="config file holding registration_shared_secret "
+                                         "(default: $ATRIUM_CONFIG or ./homeserver.yaml)")
+    r.add_argument("-k", "--shared-secret", help="the shared secret, instead of a config file")
+    r.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
+    r.set_defaults(func=cmd_register)
+
+    c = sub.add_parser("check-config", help="validate the config file")
+    c.add_argument("-c", "--config", help="config file (default: $ATRIUM_CONFIG or "
+                                         "./homeserver.yaml)")
+    c.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,185 @@
+"""Account registration (spec: client-server-api, "Account registration and management"):
+``POST /register``, ``GET /register/available``,
+``GET /register/m.login.registration_token/validity``.
+
+Open registration needs ``enable_registration`` and either
+``enable_registration_without_verification`` (flow ``m.login.dummy``) or
+``registration_requires_token`` (flow ``m.login.registration_token``); like Synapse, open
+registration with neither is refused, since this server cannot verify e-mail or phone.
+Guest registration is not offered (403 ``M_GUEST_ACCESS_FORBIDDEN``).
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+from flask import Blueprint, Flask, jsonify, request
+
+from atrium.config import Config
+from atrium.errors import MatrixError, forbidden, invalid_param, missing_param
+from store.accounts import AccountStore, LoginRequest, Session, UserInUse
+from web.http import check_type, json_body
+from web.uia import (DUMMY, REGISTRATION_TOKEN, InteractiveAuth, storable_text,
+                     hash_password, validate_password)
+
+_LOCALPART = re.compile(r"^[a-z0-9._=\-/+]+$")
+_TOKEN = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+MAX_USER_ID_BYTES = 255
+
+
+def registration_flows(config: Config) -> list[list[str]] | None:
+    """The flows open registration offers, or None when it is closed."""
+    if not config.enable_registration:
+        return None
+    if config.registration_requires_token:
+        return [[REGISTRATION_TOKEN]]
+    if config.enable_registration_without_verification:
+        return [[DUMMY]]
+    return None
+
+
+def check_username(localpart: str, server_name: str) -> str:
+    """A requested localpart → the user id it would get (400 ``M_INVALID_USERNAME``)."""
+    localpart = localpart.lower()
+    if not localpart:
+        raise MatrixError(400, "M_INVALID_USERNAME", "User ID cannot be empty")
+    if not _LOCALPART.match(localpart):
+        raise MatrixError(400, "M_INVALID_USERNAME",
+                          "User ID can only contain characters a-z, 0-9, or '=_-./+'")
+    if localpart.startswith("_"):
+        raise MatrixError(400, "M_INVALID_USERNAME", "User ID may not begin with _")
+    if localpart.isdigit():
+        raise MatrixError(400, "M_INVALID_USERNAME",
+                          "Numeric user IDs are reserved for generated accounts")
+    user_id = f"@{localpart}:{server_name}"
+    if len(user_id.encode("utf-8")) > MAX_USER_ID_BYTES:
+        raise MatrixError(400, "M_INVALID_USERNAME",
+                          f"User ID may not be longer than {MAX_USER_ID_BYTES} bytes")
+    return user_id
+
+
+def user_in_use() -> MatrixError:
+    return MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
+
+
+def session_response(s: Session, server_name: str) -> dict[str, Any]:
+    """The login-shaped body shared by /register, /login and the admin register API."""
+    out: dict[str, Any] = {"user_id": s.user_id, "access_token": s.access_token,
+                           "device_id": s.device_id, "home_server": server_name}
+    if s.refresh_token is not None:
+        out["refresh_token"] = s.refresh_token
+        out["expires_in_ms"] = s.expires_in_ms
+    return out
+
+
+def login_request(body: dict[str, Any], config: Config, display_key: str) -> LoginRequest:
+    """The device and refresh-token part of a /login or /register body."""
+    device_id = check_type(body, "device_id", str)
+    if device_id is not None and not (0 < len(device_id) <= 255):
+        raise invalid_param("'device_id' must be 1 to 255 characters")
+    display = check_type(body, display_key, str)
+    if display is not None and len(display) > 100:
+        raise invalid_param(f"'{display_key}' may be at most 100 characters")
+    if display is not None:
+        storable_text(display_key, display)
+    if device_id is not None:
+        storable_text("device_id", device_id)
+    want_refresh = bool(check_type(body, "refresh_token", bool, default=False))
+    lifetime = config.refreshable_access_token_lifetime
+    return LoginRequest(device_id=device_id, display_name=display,
+                        refresh=want_refresh and lifetime is not None,
+                        lifetime_ms=int(lifetime * 1000) if lifetime is not None else None,
+                        ip=request.remote_addr, user_agent=request.headers.get("User-Agent"))
+
+
+def register(app: Flask, runtime: Any) -> None:
+    config: Config = runtime.config
+    accounts: AccountStore = runtime.parts["accounts"]
+    uia: InteractiveAuth = runtime.parts["uia"]
+    limiter = runtime.ratelimiter
+    bp = Blueprint("register", __name__)
+
+    def _ratelimit(update: bool) -> None:
+        limiter.check("register", request.remote_addr or "", config.rc_registration,
+                      update=update)
+
+    def _generate_user_id() -> str:
+        for _ in range(10):
+            candidate = f"@{secrets.randbelow(9 * 10**7) + 10**7}:{config.server_name}"
+            if not accounts.user_exists(candidate):
+                return candidate
+        raise MatrixError(500, "M_UNKNOWN", "Could not generate a user id")
+
+    @bp.post("/_matrix/client/v3/register")
+    def post_register() -> Any:
+        """POST /_matrix/client/v3/register"""
+        kind = request.args.get("kind", "user")
+        if kind == "guest":
+            raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled")
+        if kind != "user":
+            raise invalid_param(f"Unknown registration kind {kind!r}")
+        _ratelimit(update=False)
+        flows = registration_flows(config)
+        if flows is None:
+            raise forbidden("Registration has been disabled")
+        body = json_body()
+        username = check_type(body, "username", str)
+        if username is not None:
+            user_id = check_username(username, config.server_name)
+            if accounts.user_exists(user_id):
+                raise user_in_use()
+        password = body.get("password")
+        if password is not None:
+            validate_password(password)
+        login = login_request(body, config, "initial_device_display_name")
+        inhibit = bool(check_type(body, "inhibit_login", bool, default=False))
+
+        result = uia.check(body, flows)
+        body = result.clientdict
+        username = check_type(body, "username", str)
+        user_id = (check_username(username, config.server_name) if username is not None
+                   else _generate_user_id())
+        if body.get("password") is None:
+            raise missing_param("Missing params: password")
+        password_hash = hash_password(validate_password(body["password"]), config.bcrypt_rounds)
+        _ratelimit(update=True)
+        try:
+            session = accounts.register_user(user_id, password_hash,
+                                             displayname=user_id[1:].split(":", 1)[0],
+                                             login=None if inhibit else login,
+                                             uia_session=result.session_id)
+        except UserInUse:
+            raise user_in_use() from None
+        if session is None:
+            return jsonify({"user_id": user_id, "home_server": config.server_name})
+        return jsonify(session_response(session, config.server_name))
+
+    @bp.get("/_matrix/client/v3/register/available")
+    def get_available() -> Any:
+        """GET /_matrix/client/v3/register/available"""
+        _ratelimit(update=True)
+        if registration_flows(config) is None:
+            raise forbidden("Registration has been disabled")
+        username = request.args.get("username")
+        if username is None:
+            raise missing_param("Missing query parameter 'username'")
+        if accounts.user_exists(check_username(username, config.server_name)):
+            raise user_in_use()
+        return jsonify({"available": True})
+
+    @bp.get("/_matrix/client/v1/register/m.login.registration_token/validity")
+    @bp.get("/_matrix/client/v3/register/m.login.registration_token/validity")
+    def get_token_validity() -> Any:
+        """GET /_matrix/client/v1/register/m.login.registration_token/validity"""
+        limiter.check("register_token_validity", request.remote_addr or "",
+                      config.rc_registration)
+        if registration_flows(config) != [[REGISTRATION_TOKEN]]:
+            raise forbidden("Registration tokens are not enabled on this server")
+        token = request.args.get("token")
+        if token is None:
+            raise missing_param("Missing query parameter 'token'")
+        valid = bool(_TOKEN.match(token)) and accounts.registration_token_valid(token)
+        return jsonify({"valid": valid})
+
+    app.register_blueprint(bp)
