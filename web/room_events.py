@@ -79,6 +79,10 @@ def register(app: Flask, runtime: Any) -> None:
             m = content.get("membership")
             if not isinstance(m, str):
                 raise MatrixError(400, "M_BAD_JSON", "membership must be a string")
+        if event_type == "m.room.canonical_alias" and state_key == "":
+            from web.directory import validate_canonical_alias
+
+            validate_canonical_alias(svc, room_id, content)
         return send(req, room_id, EventSpec(event_type, req.user_id, content, state_key), None)
 
     @bp.get(f"{P}/rooms/<room_id>/state/<event_type>", defaults={"state_key": ""})

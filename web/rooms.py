@@ -2,11 +2,12 @@
 ban, unban, forget, knock (client-server-api "Room membership")."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 from urllib.parse import unquote
 
-from flask import Blueprint, Flask, jsonify
+from flask import Blueprint, Flask, g, jsonify
 
 from atrium.errors import MatrixError
 from protocol.events import build_event
@@ -16,7 +17,9 @@ from web.http import check_type, json_body, require
 from web.room_service import RoomService
 
 from actors.room_create import plan_room
-from actors.room_messages import EventSpec, InitRoom
+from actors.room_messages import EventSpec, InitRoom, Send
+
+log = logging.getLogger(__name__)
 
 P = "/_matrix/client/v3"
 
@@ -72,8 +75,16 @@ def register(app: Flask, runtime: Any) -> None:
                              auth_events=[], depth=1, origin_server_ts=int(time.time() * 1000),
                              server_name=config.server_name, signing_key=runtime.signing_key)
         room_id = create["room_id"]
+        from web.directory import alias_creation_allowed, publication_allowed
+
+        if plan.alias is not None and not alias_creation_allowed(
+                config, req.user_id, room_id, plan.alias, req.is_admin):
+            raise MatrixError(403, "M_FORBIDDEN", "Not allowed to create this alias")
+        # as in Synapse: a room refused by room_list_publication_rules is created unpublished
+        is_public = plan.is_public and publication_allowed(
+            config, req.user_id, room_id, [plan.alias] if plan.alias else [], req.is_admin)
         svc.ask(room_id, InitRoom(create_event=create, initial=plan.initial,
-                                  is_public=plan.is_public))
+                                  is_public=is_public))
         if plan.alias is not None:
             _add_alias(svc, plan.alias, room_id, req.user_id)
         return jsonify({"room_id": room_id})
@@ -232,6 +243,27 @@ def register(app: Flask, runtime: Any) -> None:
             " AND state_key = ? AND membership = 'join' ORDER BY room_id", (req.user_id,))])
         return jsonify({"joined_rooms": rooms})
 
+    def on_profile_changed(user_id: str, field: str, value: str | None) -> None:
+        """Re-send the user's membership into every room they are joined to, with the new
+        displayname / avatar_url (as Synapse does), so other members see the change."""
+        rows = svc.db.run("joined_member_events", lambda t: t.query(
+            "SELECT room_id, event_id FROM current_state WHERE type = 'm.room.member'"
+            " AND state_key = ? AND membership = 'join'", (user_id,)))
+        for room_id, eid in rows:
+            se = svc.events.get_event(eid)
+            content = dict(se.event.get("content", {})) if se else {"membership": "join"}
+            if value is None:
+                content.pop(field, None)
+            else:
+                content[field] = value
+            try:
+                svc.supervisor.ask(room_id, Send(EventSpec("m.room.member", user_id, content,
+                                                           user_id)),
+                                   trace_id=getattr(g, "request_id", None), sender="profile")
+            except MatrixError as e:  # e.g. no longer allowed: skip that room
+                log.info("profile update not sent to %s: %s", room_id, e.error)
+
+    runtime.parts.setdefault("profile_listeners", []).append(on_profile_changed)
     app.register_blueprint(bp)
 
 

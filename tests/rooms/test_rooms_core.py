@@ -98,3 +98,21 @@ def test_alias_on_create_and_join_by_alias(app):
     assert bob.req("POST", f"{V}/join/%23lobby:test.local")["room_id"] == room_id
     err = alice.req("POST", f"{V}/createRoom", {"room_alias_name": "lobby"}, status=400)
     assert err["errcode"] == "M_ROOM_IN_USE"
+
+
+def test_profile_change_is_resent_into_joined_rooms(app):
+    alice = user(app, "alice")
+    room_id = alice.create_room()
+    alice.req("PUT", f"{V}/profile/{alice.user_id}/displayname", {"displayname": "Alice A."})
+    member = alice.state(room_id, "m.room.member", alice.user_id)
+    assert member["displayname"] == "Alice A." and member["membership"] == "join"
+
+
+def test_canonical_alias_must_point_at_this_room(app):
+    alice = user(app, "alice")
+    room_a = alice.create_room(room_alias_name="aaa")
+    room_b = alice.create_room()
+    err = alice.state(room_b, "m.room.canonical_alias", body={"alias": "#aaa:test.local"},
+                      status=400)
+    assert err["errcode"] == "M_BAD_ALIAS"
+    alice.state(room_a, "m.room.canonical_alias", body={"alias": "#aaa:test.local"})
