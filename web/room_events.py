@@ -123,7 +123,7 @@ def register(app: Flask, runtime: Any) -> None:
         if not can_see_event(svc, req.user_id, se):
             raise MatrixError(404, "M_NOT_FOUND", "Event not found")
         return jsonify(client_event(svc.events, se, rv, device_id=req.device_id,
-                                    user_id=req.user_id))
+                                    user_id=req.user_id, bundle=True))
 
     @bp.get(f"{P}/rooms/<room_id>/joined_members")
     def joined_members(room_id: str) -> Any:
