@@ -1,35 +1,51 @@
-"""The media actor: the only writer of the media store.
+"""The media actor: the only writer of the media store, run by the ``media`` supervisor.
 
 It allocates media ids, enforces quotas (``media_upload_limits``) and the pending-upload
 limit, commits uploads (a rename of the temp file the HTTP handler streamed, then the row),
 records thumbnails, and carries out quarantine and deletion.  Serialising these in one
 actor makes check-then-write sequences (quota, "already uploaded?") race-free without locks.
 
+It is a :class:`~supervision.SupervisedActor` under one key (:data:`MEDIA_KEY`) of a
+:class:`~supervision.Supervisor` built by :func:`media_supervisor`.  ``MatrixError`` is a
+domain error (an answer to the caller); anything else crashes the actor, the request that
+caused it gets ``ActorFailed`` (500) and a fresh incarnation takes over the queued messages.
+The actor holds no state worth reloading: its store is the database and the disk.
+
 Thumbnails are rendered in gevent's thread pool from a helper greenlet, so the actor keeps
 answering while Pillow works; concurrent requests for the same thumbnail share one render.
-Web handlers talk to it with ``ask(msg, timeout=…)``; a thumbnail request is a ``tell`` that
-carries its own reply future (see :func:`request_thumbnail`).
+A :class:`RequestThumbnail` ask answers at once with the stored :class:`Thumbnail` or with
+a ticket (a ``gevent.event.AsyncResult``) that the caller waits on (see
+:func:`request_thumbnail`).  When the render is done its greenlet tells the supervisor a
+``_Rendered`` for the same key; the actor records the thumbnail and settles the tickets.
+Tickets never outlive their incarnation unsettled: a crash fails them with ``ActorFailed``,
+a clean stop with ``SupervisorStopped``, and a render result that comes back to a later
+incarnation is discarded.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Callable
 
 import gevent
 import gevent.event
-import pykka
 
 from actors.thumbnailer import remove_quietly, render
 from atrium.errors import MatrixError, forbidden, limit_exceeded, not_found
 from store.media import (ImageInfo, LocalMedia, MediaFiles, MediaStore, Thumbnail,
                          ThumbnailKey, new_media_id, now_ms)
+from supervision import (ActorFailed, SupervisedActor, SupervisionError, Supervisor,
+                         SupervisorStopped, Tracer, message)
 
 log = logging.getLogger(__name__)
+
+MEDIA_KEY = "local"
+"""The media supervisor's only key: one actor owns all local media."""
 
 
 def blocking(fn: Callable[..., Any], *args: Any) -> Any:
@@ -39,12 +55,12 @@ def blocking(fn: Callable[..., Any], *args: Any) -> Any:
 
 # ------------------------------------------------------------------------------ messages
 
-@dataclass(frozen=True)
+@message
 class CreateMedia:
     user_id: str
 
 
-@dataclass(frozen=True)
+@message
 class CommitUpload:
     user_id: str
     tmp_path: str
@@ -56,29 +72,33 @@ class CommitUpload:
     media_id: str | None = None  # set for PUT to an id from /create
 
 
-@dataclass(frozen=True)
+@message
 class RequestThumbnail:
+    """Ask: the stored ``Thumbnail``, or an ``AsyncResult`` ticket settled after a render."""
+
     media_id: str
     key: ThumbnailKey
-    reply: pykka.Future = field(compare=False)
 
 
-@dataclass(frozen=True)
+@message
 class _Rendered:
+    """Told by a render greenlet when its thread-pool job is over."""
+
     media_id: str
     key: ThumbnailKey
+    job: int  # the _RenderJob's token: results of an older incarnation's jobs are dropped
     tmp_path: str
     result: tuple[int, int, str] | None
     error: BaseException | None
 
 
-@dataclass(frozen=True)
+@message
 class Quarantine:
     media_id: str
     by: str | None  # None lifts the quarantine
 
 
-@dataclass(frozen=True)
+@message
 class DeleteMedia:
     media_id: str
 
@@ -118,9 +138,41 @@ class UploadWaiters:
             ev.set()
 
 
+_job_tokens = itertools.count(1)  # unique across incarnations (one process, one thread)
+
+
+class _RenderJob:
+    """One thumbnail render in flight and the tickets waiting for it."""
+
+    __slots__ = ("token", "tickets")
+
+    def __init__(self) -> None:
+        self.token = next(_job_tokens)
+        self.tickets: list[gevent.event.AsyncResult] = []
+
+    @property
+    def open(self) -> bool:
+        """Whether new requests may still join (not settled yet)."""
+        return self.token > 0
+
+    def settle(self, thumb: Thumbnail) -> None:
+        tickets, self.tickets, self.token = self.tickets, [], 0
+        for t in tickets:
+            t.set(thumb)
+
+    def fail(self, error: BaseException) -> None:
+        tickets, self.tickets, self.token = self.tickets, [], 0
+        for t in tickets:
+            t.set_exception(error)
+
+
 # --------------------------------------------------------------------------------- actor
 
-class MediaActor(pykka.ThreadingActor):
+class MediaActor(SupervisedActor):
+    """The media store's writer (see the module docstring)."""
+
+    domain_errors = (MatrixError,)
+
     def __init__(self, store: MediaStore, files: MediaFiles, limits: MediaLimits,
                  waiters: UploadWaiters) -> None:
         super().__init__()
@@ -128,16 +180,18 @@ class MediaActor(pykka.ThreadingActor):
         self.files = files
         self.limits = limits
         self.waiters = waiters
-        self._inflight: dict[tuple[str, ThumbnailKey], list[pykka.Future]] = {}
+        self._inflight: dict[tuple[str, ThumbnailKey], _RenderJob] = {}
 
-    def on_start(self) -> None:
+    def load(self) -> None:
+        """Best-effort clean-up when an incarnation starts: expired ``/create`` ids and temp
+        files left by a crash (older than an hour, so no upload in progress is touched)."""
         try:
             self.store.delete_expired_pending(now_ms())
             blocking(_sweep_tmp, self.files.tmp_dir, 3600.0)
-        except Exception:  # an exception in on_start would kill the actor silently
+        except Exception:  # noqa: BLE001 - clean-up failing must not stop uploads
             log.exception("media actor: start-up clean-up failed")
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         if isinstance(message, CommitUpload):
             return self._commit(message)
         if isinstance(message, CreateMedia):
@@ -151,6 +205,23 @@ class MediaActor(pykka.ThreadingActor):
         if isinstance(message, DeleteMedia):
             return self._delete(message.media_id)
         raise TypeError(f"media actor: unexpected message {type(message).__name__}")
+
+    def on_failure(self, exception_type: type[BaseException] | None,
+                   exception_value: BaseException | None,
+                   traceback: TracebackType | None) -> None:
+        """This incarnation crashed: nobody will settle its tickets, so fail them now."""
+        cause = exception_value or RuntimeError("media actor crashed")
+        self._fail_inflight(lambda: ActorFailed(self.key, cause))
+
+    def on_stop(self) -> None:
+        """Passivated or shut down: renders still running report to nobody."""
+        self._fail_inflight(lambda: SupervisorStopped(self.key))
+
+    def _fail_inflight(self, make_error: Callable[[], BaseException]) -> None:
+        jobs = list(self._inflight.values())
+        self._inflight.clear()
+        for job in jobs:
+            job.fail(make_error())
 
     # -- uploads -------------------------------------------------------------------------
     def _create(self, m: CreateMedia) -> tuple[str, int]:
@@ -199,55 +270,62 @@ class MediaActor(pykka.ThreadingActor):
         return media_id
 
     # -- thumbnails ----------------------------------------------------------------------
-    def _thumbnail(self, m: RequestThumbnail) -> None:
-        # a tell: an exception escaping here would stop the actor, so every path replies
-        try:
-            existing = self.store.get_thumbnail(m.media_id, m.key)
-            if existing is not None:
-                m.reply.set(existing)
-                return
-            k = (m.media_id, m.key)
-            if k in self._inflight:
-                self._inflight[k].append(m.reply)
-                return
-            self._inflight[k] = [m.reply]
+    def _thumbnail(self, m: RequestThumbnail) -> Thumbnail | gevent.event.AsyncResult:
+        existing = self.store.get_thumbnail(m.media_id, m.key)
+        if existing is not None:
+            return existing
+        ticket = gevent.event.AsyncResult()
+        k = (m.media_id, m.key)
+        job = self._inflight.get(k)
+        if job is None or not job.open:
+            job = self._inflight[k] = _RenderJob()
             src = self.files.content_path(m.media_id)
-            gevent.spawn(self._render_job, m.media_id, m.key, src,
-                         self.files.new_tmp_path("thumb"))
-        except Exception:
-            m.reply.set_exception(sys.exc_info())
+            gevent.spawn(self._render_job, job, m.media_id, m.key, src,
+                         self.files.new_tmp_path("thumb"), self.trace_id)
+        job.tickets.append(ticket)
+        return ticket
 
-    def _render_job(self, media_id: str, key: ThumbnailKey, src: str, tmp: str) -> None:
-        """Runs in its own greenlet, outside the actor; reports back with a tell."""
+    def _render_job(self, job: _RenderJob, media_id: str, key: ThumbnailKey, src: str,
+                    tmp: str, trace_id: str | None) -> None:
+        """Runs in its own greenlet, outside the actor; reports back through the supervisor."""
+        token = job.token
         result, error = None, None
         try:
             result = blocking(render, src, tmp, key, self.limits.max_image_pixels)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - handed to the waiters, not a crash
             error = e
+        sup = self.supervisor
+        assert sup is not None
         try:
-            self.actor_ref.tell(_Rendered(media_id, key, tmp, result, error))
-        except pykka.ActorDeadError:
+            sup.tell(self.key, _Rendered(media_id, key, token, tmp, result, error),
+                     trace_id=trace_id, sender=self.name)
+        except SupervisionError as e:  # stopped, parked or full: nobody will record it
             remove_quietly(tmp)
+            if job.token == token:
+                job.fail(e)
 
     def _rendered(self, m: _Rendered) -> None:
-        waiters = self._inflight.pop((m.media_id, m.key), [])
+        k = (m.media_id, m.key)
+        job = self._inflight.get(k)
+        if job is None or job.token != m.job:
+            remove_quietly(m.tmp_path)  # a job of a crashed incarnation: already failed
+            return
+        if m.error is not None:
+            del self._inflight[k]
+            remove_quietly(m.tmp_path)
+            job.fail(m.error)
+            return
+        assert m.result is not None
+        width, height, media_type = m.result
         try:
-            if m.error is not None:
-                raise m.error
-            assert m.result is not None
-            width, height, media_type = m.result
-            dst = self.files.thumbnail_path(m.media_id, m.key)
-            size = blocking(_place, m.tmp_path, dst)
+            size = blocking(_place, m.tmp_path, self.files.thumbnail_path(m.media_id, m.key))
             thumb = Thumbnail(m.key, width, height, media_type, size)
             self.store.insert_thumbnail(m.media_id, thumb)
-        except Exception:
+        except BaseException:
             remove_quietly(m.tmp_path)
-            exc = sys.exc_info()
-            for f in waiters:
-                f.set_exception(exc)
-            return
-        for f in waiters:
-            f.set(thumb)
+            raise  # a crash: on_failure fails this job's tickets too
+        del self._inflight[k]
+        job.settle(thumb)
 
     # -- admin ---------------------------------------------------------------------------
     def _delete(self, media_id: str) -> bool:
@@ -256,6 +334,24 @@ class MediaActor(pykka.ThreadingActor):
         blocking(_remove_media_files, self.files.content_path(media_id),
                  self.files.thumbnail_dir(media_id))
         return True
+
+
+def media_supervisor(store: MediaStore, files: MediaFiles, limits: MediaLimits,
+                     waiters: UploadWaiters, *, tracer: Tracer | None, max_mailbox: int,
+                     ask_timeout: float, restart_delay: float, max_restarts: int,
+                     restart_window: float, park_duration: float) -> Supervisor:
+    """The ``media`` supervisor: one never-passivated :class:`MediaActor` under
+    :data:`MEDIA_KEY` (it is cheap to keep and its render tickets must not be cut short)."""
+
+    def factory(key: str) -> MediaActor:
+        if key != MEDIA_KEY:
+            raise ValueError(f"media supervisor: unknown key {key!r}")
+        return MediaActor(store, files, limits, waiters)
+
+    return Supervisor("media", factory, tracer=tracer, max_mailbox=max_mailbox,
+                      ask_timeout=ask_timeout, idle_timeout=None, restart_delay=restart_delay,
+                      max_restarts=max_restarts, restart_window=restart_window,
+                      park_duration=park_duration)
 
 
 def check_pending_upload(row: LocalMedia | None, user_id: str, now: int) -> None:
@@ -268,12 +364,24 @@ def check_pending_upload(row: LocalMedia | None, user_id: str, now: int) -> None
         raise MatrixError(409, "M_CANNOT_OVERWRITE_MEDIA", "Media already uploaded")
 
 
-def request_thumbnail(ref: pykka.ActorRef, media_id: str, key: ThumbnailKey,
-                      timeout: float) -> Thumbnail:
-    """Ask the actor for a thumbnail, generating it if needed; raises pykka.Timeout."""
-    reply = pykka.ThreadingFuture()
-    ref.tell(RequestThumbnail(media_id, key, reply))
-    return reply.get(timeout=timeout)
+def request_thumbnail(supervisor: Supervisor, media_id: str, key: ThumbnailKey,
+                      timeout: float, *, trace_id: str | None = None,
+                      sender: str | None = None) -> Thumbnail:
+    """The stored thumbnail of ``media_id`` for ``key``, rendering it first if needed.
+
+    Asks the media actor (supervision errors propagate: ``MailboxFull``, ``ActorFailed``,
+    ``AskTimeout``…), then waits on the returned ticket for what is left of ``timeout``:
+    ``gevent.Timeout`` if the render does not finish in time, ``ThumbnailError`` if the
+    content cannot be thumbnailed, ``ActorFailed`` if the actor crashed meanwhile.
+    """
+    deadline = time.monotonic() + timeout
+    answer = supervisor.ask(MEDIA_KEY, RequestThumbnail(media_id, key), timeout=timeout,
+                            trace_id=trace_id, sender=sender)
+    if isinstance(answer, Thumbnail):
+        return answer
+    assert isinstance(answer, gevent.event.AsyncResult)
+    thumb: Thumbnail = answer.get(timeout=max(0.0, deadline - time.monotonic()))
+    return thumb
 
 
 # ------------------------------------------------------------------ blocking file helpers

@@ -4,9 +4,12 @@ on the deprecated unauthenticated ``/_matrix/media`` paths, the media config, an
 Synapse's admin quarantine / delete endpoints.
 
 Handlers parse and check the request, read the store directly, and ask the media actor for
-every write.  Media ids must match ``[A-Za-z0-9_-]+`` and server names the spec's grammar;
-anything else is 404 M_NOT_FOUND (no such media can exist), which is also how paths with
-``..`` or encoded slashes end.
+every write.  The actor runs under the ``media`` supervisor (``runtime.parts["supervisors"]``,
+shared tracer ``runtime.parts["tracer"]``); its failures reach clients through
+``web/errors.py`` (crash 500, full mailbox 429, parked or stopping 503, timeout 504).
+Media ids must match ``[A-Za-z0-9_-]+`` and server names the spec's grammar; anything else
+is 404 M_NOT_FOUND (no such media can exist), which is also how paths with ``..`` or
+encoded slashes end.
 """
 from __future__ import annotations
 
@@ -14,12 +17,12 @@ import re
 import time
 from typing import Any
 
-import pykka
-from flask import Blueprint, Flask, Response, jsonify, request
+import gevent
+from flask import Blueprint, Flask, Response, g, jsonify, request
 
-from actors.media import (CommitUpload, CreateMedia, DeleteMedia, MediaActor, MediaLimits,
+from actors.media import (MEDIA_KEY, CommitUpload, CreateMedia, DeleteMedia, MediaLimits,
                           Quarantine, UploadWaiters, blocking, check_pending_upload,
-                          request_thumbnail)
+                          media_supervisor, request_thumbnail)
 from actors.thumbnailer import THUMBNAILABLE_TYPES, ThumbnailError, plan, probe, remove_quietly
 from atrium.errors import MatrixError, invalid_param, missing_param, not_found
 from store.media import LocalMedia, MediaFiles, MediaStore, now_ms, valid_media_id
@@ -48,20 +51,26 @@ def register(app: Flask, runtime: Any) -> None:
         upload_limits=config.media_upload_limits,
         max_image_pixels=config.max_image_pixels,
         legacy_unauthenticated=config.enable_legacy_unauthenticated_media)
-    actor = MediaActor.start(store, files, limits, waiters)
-    runtime.parts["media_actor"] = actor
-    runtime.shutdown_hooks.append(lambda: actor.stop(timeout=10))
-    ask_timeout = config.actors.ask_timeout
+    a = config.actors
+    supervisor = media_supervisor(
+        store, files, limits, waiters, tracer=runtime.parts.get("tracer"),
+        max_mailbox=a.mailbox_size, ask_timeout=a.ask_timeout, restart_delay=a.restart_delay,
+        max_restarts=a.max_restarts, restart_window=a.restart_window,
+        park_duration=a.park_duration)
+    runtime.parts.setdefault("supervisors", {})["media"] = supervisor
+    # hooks run in reverse: the actor stops (queued commits finish) before the store closes
+    runtime.shutdown_hooks.append(lambda: supervisor.stop_all(timeout=10))
+    ask_timeout = a.ask_timeout
     server_name = config.server_name
     bp = Blueprint("media", __name__)
 
+    def sent_from() -> dict[str, str | None]:
+        return {"trace_id": getattr(g, "request_id", None),
+                "sender": f"web {request.method} {request.path}"[:120]}
+
     def ask(message: Any) -> Any:
-        try:
-            return actor.ask(message, timeout=ask_timeout)
-        except pykka.Timeout:
-            raise MatrixError(504, "M_UNKNOWN", "Timed out waiting for the media repository")
-        except pykka.ActorDeadError:
-            raise MatrixError(503, "M_UNKNOWN", "The media repository is not running")
+        """Ask the media actor; supervision errors are mapped by web/errors.py."""
+        return supervisor.ask(MEDIA_KEY, message, timeout=ask_timeout, **sent_from())
 
     def upload_params() -> tuple[str, str | None]:
         name = request.args.get("filename") or None
@@ -141,11 +150,12 @@ def register(app: Flask, runtime: Any) -> None:
             path = files.content_path(media_id)
         else:
             try:
-                thumb = request_thumbnail(actor, media_id, key, ask_timeout)
+                thumb = request_thumbnail(supervisor, media_id, key, ask_timeout,
+                                          **sent_from())
             except ThumbnailError:
                 raise MatrixError(400, "M_UNKNOWN",
                                   "Cannot generate thumbnails for the requested content")
-            except pykka.Timeout:
+            except gevent.Timeout:
                 raise MatrixError(504, "M_UNKNOWN", "Timed out generating the thumbnail")
             media_type, path = thumb.media_type, files.thumbnail_path(media_id, key)
         ext = media_type.rsplit("/", 1)[-1]
