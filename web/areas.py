@@ -19,19 +19,21 @@ def register_all(app: Flask, runtime: Any) -> None:
     discovery.register(app, runtime)
     for accounts_area in (register, login, account, devices, profile, synapse_admin):
         accounts_area.register(app, runtime)
+    from supervision import Tracer  # one tracer shared by every supervisor (media, rooms)
+
+    runtime.parts["tracer"] = Tracer(capacity=runtime.config.trace_capacity,
+                                     jsonl_path=runtime.config.trace_jsonl_path)
     media.register(app, runtime)  # media
     _register_rooms(app, runtime)
 
 
 def _register_rooms(app: Flask, runtime: Any) -> None:
     """The room supervisor and the room API areas; actors stop before the store closes."""
-    from supervision import Tracer
     from web import admin, room_events, rooms
     from web.room_service import RoomService
 
     config = runtime.config
-    tracer = Tracer(capacity=config.trace_capacity, jsonl_path=config.trace_jsonl_path)
-    runtime.parts["tracer"] = tracer
+    tracer = runtime.parts["tracer"]  # created in register_all, before media
     svc = RoomService(config, runtime.db, runtime.signing_key, tracer)
     runtime.parts["rooms"] = svc
     runtime.parts.setdefault("supervisors", {})["rooms"] = svc.supervisor
@@ -48,3 +50,55 @@ def _register_rooms(app: Flask, runtime: Any) -> None:
     runtime.parts["directory"] = DirectoryStore(runtime.db)  # directory
     directory.register(app, runtime)  # directory
     room_upgrade.register(app, runtime)  # directory
+
+
+def _register_sync(app: Flask, runtime: Any) -> None:
+    """The user supervisor, notifier and stream stores, and the sync API areas.  The
+    notifier hangs off the rooms' on_persisted hooks; user actors stop before the rooms."""
+    from store.to_device import ToDeviceStore
+    from web import account_data, filters, presence, receipts, sync, to_device, typing
+    from web.sync_service import SyncService
+
+    svc = SyncService(runtime.config, runtime.db, runtime.parts["rooms"],
+                      runtime.parts["tracer"])
+    runtime.parts["sync"] = svc
+    runtime.parts.setdefault("supervisors", {})["users"] = svc.supervisor
+    # first: it updates the sync read caches before any other hook can yield
+    runtime.parts["rooms"].on_persisted.insert(0, svc.on_persisted)
+    accounts = runtime.parts["accounts"]
+    accounts.on_devices_deleted.append(ToDeviceStore.delete_for_devices)
+    accounts.on_devices_deleted.append(svc.device_lists.devices_deleted_hook)
+    runtime.shutdown_hooks.append(svc.shutdown)
+    for area in (sync, filters, typing, receipts, account_data, presence, to_device):
+        area.register(app, runtime)
+    svc.sweep_presence()
+
+
+def _register_e2ee(app: Flask, runtime: Any) -> None:  # e2ee
+    """Device keys, cross-signing and key backup; after sync (device-list stream).  A
+    deleted device loses its keys and a deactivated user its cross-signing keys and backups
+    in the same transaction."""
+    from store.e2e_cross_signing import CrossSigningStore
+    from store.e2e_keys import E2EKeyStore
+    from store.key_backup import KeyBackupStore
+    from web import cross_signing, key_backup, keys
+
+    runtime.parts["e2e_keys"] = E2EKeyStore(runtime.db)
+    runtime.parts["cross_signing"] = CrossSigningStore(runtime.db)
+    runtime.parts["key_backup"] = KeyBackupStore(runtime.db)
+    accounts = runtime.parts["accounts"]
+    accounts.on_devices_deleted.append(E2EKeyStore.delete_for_devices)
+    accounts.on_user_deactivated.append(E2EKeyStore.delete_for_user)
+    device_lists = runtime.parts["sync"].device_lists
+    accounts.on_user_deactivated.append(
+        lambda txn, user_id: txn.call_after_commit(lambda: device_lists.mark_changed([user_id])))
+    for area in (keys, cross_signing, key_backup):
+        area.register(app, runtime)
+
+
+def _register_push(app: Flask, runtime: Any) -> None:  # push
+    """Push rules, pushers, /notifications, the push evaluator and sender (after sync:
+    push-rule writes go through the user actors)."""  # push
+    from web import push_wiring  # push
+
+    push_wiring.register(app, runtime)  # push
