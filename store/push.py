@@ -1,0 +1,224 @@
+"""Push actions and the counts built on them (modules/push.md "Receiving notifications",
+"Marking notifications as read"; /notifications).
+
+The push evaluator (actors/push_evaluator.py) writes one ``event_push_actions`` row per
+(local user, event) whose actions say ``notify``, after the event's room commit, and records
+each local user's own latest event per thread in ``event_push_own``.  Nothing is deleted
+when a receipt moves: counts are computed at read time as the rows after the user's read
+position, which is the later of their ``m.read`` / ``m.read.private`` receipts and their own
+latest event (sending an event reads up to it).  Threads (v1.4 threaded receipts): a row's
+``thread_id`` is ``main`` or the thread root; an unthreaded receipt reads every thread, a
+threaded one (``main`` or a root) only its own.
+
+Consistency with /sync ("the updated notification count from a new event MUST appear in the
+same /sync response as the event itself"): the evaluator runs after the commit, so
+:func:`unread_counts` first waits (bounded) on the evaluator's barrier for the room, which
+the wiring registers per database with :func:`set_barrier`.  Scale-out seam: with several
+processes the barrier becomes "evaluated position ≥ the room's stream position" read from
+``push_evaluator_position``.
+"""
+from __future__ import annotations
+
+import json
+import weakref
+from typing import Any, Callable, Iterable, Sequence
+
+from store.database import Database, Txn
+
+MAIN = "main"
+UNTHREADED = ""
+READ_RECEIPTS = ("m.read", "m.read.private")
+BARRIER_TIMEOUT = 2.0
+
+Barrier = Callable[[str, float], None]
+_barriers: "weakref.WeakKeyDictionary[Database, Barrier]" = weakref.WeakKeyDictionary()
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def set_barrier(db: Database, barrier: Barrier | None) -> None:
+    """Register (or with None, drop) ``barrier(room_id, timeout)``: returns once every event
+    of the room handed to the evaluator so far has its push actions written."""
+    if barrier is None:
+        _barriers.pop(db, None)
+    else:
+        _barriers[db] = barrier
+
+
+def wait_evaluated(db: Database, room_id: str, timeout: float = BARRIER_TIMEOUT) -> None:
+    barrier = _barriers.get(db)
+    if barrier is not None:
+        barrier(room_id, timeout)
+
+
+# --------------------------------------------------------------------------- read positions
+
+
+def read_positions(txn: Txn, user_id: str, room_id: str) -> dict[str, int]:
+    """thread_id ('' = unthreaded, 'main', or a root) → the stream position read up to."""
+    out: dict[str, int] = {}
+    for thread_id, pos in txn.query(
+            "SELECT thread_id, MAX(event_stream_ordering) FROM receipts WHERE room_id = ?"
+            " AND user_id = ? AND receipt_type IN (?, ?) GROUP BY thread_id",
+            (room_id, user_id, *READ_RECEIPTS)):
+        out[thread_id] = max(out.get(thread_id, -1), int(pos))
+    for thread_id, pos in txn.query(
+            "SELECT thread_id, stream_ordering FROM event_push_own WHERE user_id = ?"
+            " AND room_id = ?", (user_id, room_id)):
+        out[thread_id] = max(out.get(thread_id, -1), int(pos))
+    return out
+
+
+def _counts_txn(txn: Txn, user_id: str, room_id: str) -> dict[str, Any]:
+    reads = read_positions(txn, user_id, room_id)
+    base = reads.get(UNTHREADED, -1)
+    per_thread: dict[str, list[int]] = {}
+    for thread_id, n, h in txn.query(
+            "SELECT thread_id, COUNT(*), SUM(highlight) FROM event_push_actions WHERE"
+            " user_id = ? AND room_id = ? AND stream_ordering > ? GROUP BY thread_id",
+            (user_id, room_id, base)):
+        per_thread[thread_id] = [int(n), int(h or 0)]
+    for thread_id, pos in reads.items():
+        if thread_id == UNTHREADED or pos <= base or thread_id not in per_thread:
+            continue
+        n, h = txn.query_one(
+            "SELECT COUNT(*), SUM(highlight) FROM event_push_actions WHERE user_id = ?"
+            " AND room_id = ? AND thread_id = ? AND stream_ordering > ?",
+            (user_id, room_id, thread_id, pos)) or (0, 0)
+        per_thread[thread_id] = [int(n), int(h or 0)]
+    total = [sum(v[0] for v in per_thread.values()), sum(v[1] for v in per_thread.values())]
+    main = per_thread.get(MAIN, [0, 0])
+    threads = {t: {"notification_count": v[0], "highlight_count": v[1]}
+               for t, v in per_thread.items() if t != MAIN and v[0] > 0}
+    return {"notification_count": total[0], "highlight_count": total[1],
+            "main_timeline": {"notification_count": main[0], "highlight_count": main[1]},
+            "unread_thread_notifications": threads}
+
+
+def unread_counts(db: Database, user_id: str, room_id: str) -> dict[str, Any]:
+    """The user's unread counts in a room, for /sync's ``unread_notifications``.
+
+    ``notification_count`` / ``highlight_count`` count every unread notification of the
+    room (the answer when the client did not ask for threaded counts);
+    ``main_timeline`` holds the main timeline's alone and ``unread_thread_notifications``
+    maps a thread root to its counts (threads with nothing unread are left out) — the
+    split a filter with ``unread_thread_notifications: true`` asks for."""
+    wait_evaluated(db, room_id)
+    return db.run("unread_counts", _counts_txn, user_id, room_id)
+
+
+def total_unread(db: Database, user_id: str) -> int:
+    """Unread notifications across the rooms the user is joined to (the push payload's
+    ``counts.unread``)."""
+    def _q(txn: Txn) -> int:
+        rooms = [r for (r,) in txn.query(
+            "SELECT DISTINCT a.room_id FROM event_push_actions a JOIN current_state s ON"
+            " s.room_id = a.room_id AND s.type = 'm.room.member' AND s.state_key = a.user_id"
+            " WHERE a.user_id = ? AND s.membership = 'join'", (user_id,))]
+        return sum(_counts_txn(txn, user_id, r)["notification_count"] for r in rooms)
+
+    return db.run("total_unread", _q)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_actions(db: Database, rows: Sequence[tuple[str, str, str, int, str, list[Any],
+                                                     bool, int]],
+                  own: Iterable[tuple[str, str, str, int]], position: int | None) -> None:
+    """One transaction for a batch of evaluated events: ``rows`` of (user_id, event_id,
+    room_id, stream_ordering, thread_id, actions, highlight, ts); ``own`` of (user_id,
+    room_id, thread_id, stream_ordering) for local senders; the evaluator's new position.
+    Idempotent: re-evaluating an event after a crash writes nothing twice."""
+    own = list(own)
+
+    def _t(txn: Txn) -> None:
+        txn.executemany(
+            "INSERT INTO event_push_actions (user_id, event_id, room_id, stream_ordering,"
+            " thread_id, actions, highlight, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (user_id, event_id) DO NOTHING",
+            [(u, e, r, so, t, _dumps(a), int(h), ts) for u, e, r, so, t, a, h, ts in rows])
+        for u, r, t, so in own:
+            txn.execute(
+                "INSERT INTO event_push_own (user_id, room_id, thread_id, stream_ordering)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET"
+                " stream_ordering = excluded.stream_ordering"
+                " WHERE event_push_own.stream_ordering < excluded.stream_ordering",
+                (u, r, t, so))
+        if position is not None:
+            txn.execute("UPDATE push_evaluator_position SET pos = ? WHERE pos < ?",
+                        (position, position))
+
+    db.run("write_push_actions", _t, write=True)
+
+
+def evaluator_position(db: Database) -> int:
+    return int(db.run("push_position", lambda t: t.query_value(
+        "SELECT pos FROM push_evaluator_position", default=0)))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def notifications(db: Database, user_id: str, *, before: int | None, limit: int,
+                  only_highlight: bool) -> list[dict[str, Any]]:
+    """Newest first, positions < ``before``: dicts with event_id, room_id, stream_ordering,
+    actions, highlight, ts and read (the user's read position is at or past it)."""
+    def _q(txn: Txn) -> list[dict[str, Any]]:
+        sql = ("SELECT event_id, room_id, stream_ordering, thread_id, actions, highlight, ts"
+               " FROM event_push_actions WHERE user_id = ?")
+        args: list[Any] = [user_id]
+        if before is not None:
+            sql += " AND stream_ordering < ?"
+            args.append(before)
+        if only_highlight:
+            sql += " AND highlight = 1"
+        sql += " ORDER BY stream_ordering DESC LIMIT ?"
+        args.append(limit)
+        out = []
+        reads: dict[str, dict[str, int]] = {}
+        for eid, room_id, so, thread_id, actions, highlight, ts in txn.query(sql, args):
+            if room_id not in reads:
+                reads[room_id] = read_positions(txn, user_id, room_id)
+            r = reads[room_id]
+            read = so <= max(r.get(UNTHREADED, -1), r.get(thread_id, -1))
+            out.append({"event_id": eid, "room_id": room_id, "stream_ordering": int(so),
+                        "actions": json.loads(actions), "highlight": bool(highlight),
+                        "ts": int(ts), "read": read})
+        return out
+
+    return db.run("notifications", _q)
+
+
+def pending_for_user(db: Database, user_id: str, after: int, limit: int
+                     ) -> list[dict[str, Any]]:
+    """Oldest first, positions > ``after``: what a pusher has still to send."""
+    rows = db.run("pending_push", lambda t: t.query(
+        "SELECT event_id, room_id, stream_ordering, actions FROM event_push_actions"
+        " WHERE user_id = ? AND stream_ordering > ? ORDER BY stream_ordering LIMIT ?",
+        (user_id, after, limit)))
+    return [{"event_id": e, "room_id": r, "stream_ordering": int(so),
+             "actions": json.loads(a)} for e, r, so, a in rows]
+
+
+def events_after(db: Database, position: int, limit: int) -> list[tuple[str, dict[str, Any], int]]:
+    """(room_id, event, stream_ordering) of timeline events after ``position``, oldest first:
+    what the evaluator catches up on after a restart or an overflow."""
+    rows = db.run("push_events_after", lambda t: t.query(
+        "SELECT room_id, json, stream_ordering FROM events WHERE stream_ordering > ?"
+        " AND outlier = 0 AND rejection IS NULL AND soft_failed = 0"
+        " ORDER BY stream_ordering LIMIT ?", (position, limit)))
+    return [(r, json.loads(j), int(so)) for r, j, so in rows]
+
+
+def room_state_group(db: Database, room_id: str) -> int | None:
+    return db.run("push_room_group", lambda t: t.query_value(
+        "SELECT current_state_group FROM rooms WHERE room_id = ?", (room_id,)))
+
+
+def delete_user(txn: Txn, user_id: str) -> None:
+    """A deactivated user's pushers and push data go (AccountStore hook, in its txn)."""
+    for table in ("pushers", "push_rules", "event_push_actions", "event_push_own"):
+        txn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))

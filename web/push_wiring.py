@@ -1,0 +1,96 @@
+"""The push part of the wiring (modules/push.md): push-rule store, pushers, the push
+evaluator hanging off the rooms' ``on_persisted`` hooks, the push sender's supervisor, and
+the push API areas (push rules, pushers, /notifications).  Built once by web/areas.py.
+
+Config (``push:`` in homeserver.yaml, all optional): ``allow_http_gateways`` (false: gateway
+URLs must be https, as pusher.yaml says; true for loopback tests), ``gateway_timeout`` (s),
+``backoff_base`` / ``backoff_max`` (s), ``max_attempts``, ``evaluator_queue`` (events).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from atrium.config import Config
+from store import push as push_store
+from store.push_rules import PushRuleStore
+from store.pushers import PusherStore
+
+from actors.push_evaluator import PushEvaluator
+from actors.pusher import PushSender, PusherDeps
+from actors.user_push import handle_push_message
+
+
+@dataclass
+class PushService:
+    """What the push handlers are given."""
+
+    config: Config
+    db: Any
+    rules: PushRuleStore
+    pushers: PusherStore
+    evaluator: PushEvaluator
+    sender: PushSender
+    users: Any                 # the "users" Supervisor (UserActors), from the sync wiring
+    rooms: Any                 # RoomService
+    allow_http: bool
+
+    def write_rules(self, user_id: str, msg: Any) -> Any:
+        """Run a push-rule message in the user's UserActor (single writer)."""
+        from actors.user import UserActor
+
+        if getattr(UserActor, "handles_push_rules", False):
+            return self.users.ask(user_id, msg)
+        return self.run_in_user_actor_until_hooked(user_id, msg)
+
+    def run_in_user_actor_until_hooked(self, user_id: str, msg: Any) -> Any:
+        """Until ``UserActor.handle`` dispatches push messages: run the same handler inside
+        the user's actor, in mailbox order, through ``Supervisor.inspect``."""
+        return self.users.inspect(user_id, lambda actor: handle_push_message(actor, msg))
+
+
+def _push_config(config: Config) -> dict[str, Any]:
+    raw = config.raw.get("push") if isinstance(config.raw, dict) else None
+    return raw if isinstance(raw, dict) else {}
+
+
+def register(app: Any, runtime: Any) -> None:
+    from web import notifications, push_rules, pushers
+
+    config, db = runtime.config, runtime.db
+    cfg = _push_config(config)
+    rooms = runtime.parts["rooms"]
+    rules, pusher_store = PushRuleStore(db), PusherStore(db)
+    deps = PusherDeps(db=db, pushers=pusher_store, events=rooms.events,
+                      timeout=float(cfg.get("gateway_timeout", 10.0)),
+                      backoff_base=float(cfg.get("backoff_base", 1.0)),
+                      backoff_max=float(cfg.get("backoff_max", 600.0)),
+                      max_attempts=int(cfg.get("max_attempts", 12)))
+    a = config.actors
+    sender = PushSender(deps, runtime.parts["tracer"], idle_timeout=a.idle_timeout,
+                        max_restarts=a.max_restarts, restart_window=a.restart_window)
+    evaluator = PushEvaluator(db, rooms.events, rules, config.server_name,
+                              on_notify=sender.wake,
+                              max_pending=int(cfg.get("evaluator_queue", 10_000)))
+    svc = PushService(config=config, db=db, rules=rules, pushers=pusher_store,
+                      evaluator=evaluator, sender=sender,
+                      users=runtime.parts["sync"].supervisor, rooms=rooms,
+                      allow_http=bool(cfg.get("allow_http_gateways", False)))
+    runtime.parts["push"] = svc
+    runtime.parts.setdefault("supervisors", {})["pushers"] = sender.supervisor
+    rooms.on_persisted.append(evaluator.on_persisted)
+    push_store.set_barrier(db, evaluator.barrier)
+    accounts = runtime.parts["accounts"]
+    accounts.on_devices_deleted.append(pusher_store.delete_for_devices)
+    accounts.on_user_deactivated.append(push_store.delete_user)
+
+    def _stop() -> None:
+        push_store.set_barrier(db, None)
+        evaluator.stop()
+        sender.stop()
+
+    runtime.shutdown_hooks.append(_stop)
+    for area in (push_rules, pushers, notifications):
+        area.register(app, runtime)
+    evaluator.start()
+    sender.wake_all()
