@@ -1,0 +1,128 @@
+"""In-memory read caches that keep an idle or incremental /sync off the database.
+
+All are filled from the store and kept current by the writers' after-commit hooks, which run
+in the writer's greenlet before it yields (RoomService.on_persisted, with the sync hook
+first in the list; the UserActor's account-data hook), so a /sync never sees a position its
+cache does not cover:
+
+* :class:`RoomPositions` — each room's latest event position, so "did anything happen in my
+  rooms since the token" needs no query.  Hooks advance a contiguous high-water mark; a gap
+  (an allocated id whose write failed) is healed by one range query;
+* :class:`MembershipCache` — a user's membership history (invalidated by their member
+  events; a fill that raced an invalidation is not kept);
+* small LRUs: ignored users, parsed stored filters.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Generic, Hashable, Iterable, TypeVar
+
+from store.sync import Membership
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+MAX_PENDING = 10_000
+
+
+class LRU(Generic[K, V]):
+    def __init__(self, size: int) -> None:
+        self._d: OrderedDict[K, V] = OrderedDict()
+        self._size = size
+
+    def get(self, key: K) -> V | None:
+        v = self._d.get(key)
+        if v is not None:
+            self._d.move_to_end(key)
+        return v
+
+    def put(self, key: K, value: V) -> None:
+        self._d[key] = value
+        self._d.move_to_end(key)
+        while len(self._d) > self._size:
+            self._d.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._d.pop(key, None)
+
+
+class RoomPositions:
+    """room → latest event position, complete for every position up to ``hwm``."""
+
+    def __init__(self, start: int, heal: Callable[[int, int], Iterable[tuple[str, int]]]) -> None:
+        self.floor = start           # below this the map knows nothing (before boot)
+        self.hwm = start
+        self._heal = heal            # (lo, hi] → (room_id, max position) rows from the store
+        self._last: dict[str, int] = {}
+        self.last_member: dict[str, int] = {}   # room → latest m.room.member position
+        self._pending: set[int] = set()
+
+    def note(self, room_id: str, positions: Iterable[int], member_positions: Iterable[int] = ()
+             ) -> None:
+        for p in member_positions:
+            if p > self.last_member.get(room_id, 0):
+                self.last_member[room_id] = p
+        last = self._last.get(room_id, 0)
+        for p in positions:
+            if p > last:
+                last = p
+            if p > self.hwm:
+                self._pending.add(p)
+        self._last[room_id] = last
+        pending = self._pending
+        while self.hwm + 1 in pending:
+            pending.discard(self.hwm + 1)
+            self.hwm += 1
+        if len(pending) > MAX_PENDING:
+            pending.clear()  # a long-stuck gap: the next reader heals with one query
+
+    def moved_since(self, since: int, upto: int) -> Callable[[str], bool] | None:
+        """A test "did room r get an event in (since, upto]?" (it may say yes for an event
+        after upto: the caller's range query then finds nothing); None if ``since`` is older
+        than what the map covers."""
+        if since < self.floor:
+            return None
+        if upto > self.hwm:
+            for room_id, pos in self._heal(self.hwm, upto):
+                if pos > self._last.get(room_id, 0):
+                    self._last[room_id] = pos
+            self.hwm = upto
+            self._pending = {p for p in self._pending if p > upto}
+        last = self._last
+        return lambda room_id: last.get(room_id, 0) > since
+
+    def members_moved(self, rooms: Iterable[str], since: int) -> bool | None:
+        """Did any of ``rooms`` get a member event after ``since``?  (None: unknown.)"""
+        if since < self.floor:
+            return None
+        return any(self.last_member.get(r, 0) > since for r in rooms)
+
+
+class MembershipCache:
+    """user → their membership events (all positions), oldest first."""
+
+    def __init__(self, load: Callable[[str], dict[str, list[Membership]]],
+                 size: int = 50_000) -> None:
+        self._load = load
+        self._lru: LRU[str, dict[str, list[Membership]]] = LRU(size)
+        self._version: dict[str, int] = {}
+
+    def invalidate(self, user_id: str) -> None:
+        self._version[user_id] = self._version.get(user_id, 0) + 1
+        self._lru.pop(user_id)
+        if len(self._version) > 200_000:
+            self._version.clear()  # old versions only matter while a fill is in flight
+
+    def get(self, user_id: str, upto: int) -> dict[str, list[Membership]]:
+        rows = self._lru.get(user_id)
+        if rows is None:
+            version = self._version.get(user_id, 0)
+            rows = self._load(user_id)
+            if self._version.get(user_id, 0) == version:
+                self._lru.put(user_id, rows)
+        out: dict[str, list[Membership]] = {}
+        for room_id, ms in rows.items():
+            kept = [m for m in ms if m.stream_ordering <= upto]
+            if kept:
+                out[room_id] = kept
+        return out
