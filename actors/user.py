@@ -31,6 +31,8 @@ from store.receipts import ReceiptStore
 from store.to_device import ToDeviceStore
 from supervision import SupervisedActor
 
+from actors.user_push import PUSH_RULE_MESSAGES, handle_push_message
+
 from actors.user_messages import (
     AckToDevice, Active, CreateFilter, DeleteTag, PresenceTick, PutAccountData, PutReceipt,
     PutTag, ReadMarkers, SendToDevice, SetPresence, SyncStarted, SyncWaker,
@@ -66,6 +68,7 @@ class UserDeps:
 
 class UserActor(SupervisedActor):
     domain_errors = (MatrixError,)
+    handles_push_rules = True  # push-rule writes (actors/user_push.py) come through here
 
     def __init__(self, user_id: str, deps: UserDeps) -> None:
         super().__init__()
@@ -96,6 +99,8 @@ class UserActor(SupervisedActor):
 
     # ------------------------------------------------------------------ messages
     def handle(self, msg: Any) -> Any:
+        if isinstance(msg, PUSH_RULE_MESSAGES):
+            return handle_push_message(self, msg)
         d = self.deps
         if isinstance(msg, PutAccountData):
             return self._put_account_data(msg.room_id, msg.type, dict(msg.content))

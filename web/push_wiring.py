@@ -18,7 +18,6 @@ from store.pushers import PusherStore
 
 from actors.push_evaluator import PushEvaluator
 from actors.pusher import PushSender, PusherDeps
-from actors.user_push import handle_push_message
 
 
 @dataclass
@@ -36,17 +35,8 @@ class PushService:
     allow_http: bool
 
     def write_rules(self, user_id: str, msg: Any) -> Any:
-        """Run a push-rule message in the user's UserActor (single writer)."""
-        from actors.user import UserActor
-
-        if getattr(UserActor, "handles_push_rules", False):
-            return self.users.ask(user_id, msg)
-        return self.run_in_user_actor_until_hooked(user_id, msg)
-
-    def run_in_user_actor_until_hooked(self, user_id: str, msg: Any) -> Any:
-        """Until ``UserActor.handle`` dispatches push messages: run the same handler inside
-        the user's actor, in mailbox order, through ``Supervisor.inspect``."""
-        return self.users.inspect(user_id, lambda actor: handle_push_message(actor, msg))
+        """Run a push-rule message in the user's UserActor (the single writer)."""
+        return self.users.ask(user_id, msg)
 
 
 def _push_config(config: Config) -> dict[str, Any]:

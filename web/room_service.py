@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import string
+import time
 from typing import Any, Callable, Sequence
 
 from flask import g, request
@@ -29,6 +30,7 @@ class RoomService:
         self.db = db
         self.state_groups = StateGroupStore(db)
         self.events = EventStore(db, self.state_groups)
+        self._last_create_ts = 0
         self.on_persisted: list[Callable[[str, Sequence[tuple[dict[str, Any], int]]], None]] = []
         self.deps = RoomDeps(db=db, events=self.events, state_groups=self.state_groups,
                              server_name=config.server_name, signing_key=signing_key,
@@ -72,6 +74,12 @@ class RoomService:
             "SELECT event_id FROM current_state WHERE room_id = ? AND type = ?"
             " AND state_key = ?", (room_id, etype, skey)))
         return self.events.get_event(eid) if eid else None
+
+    def next_create_ts(self) -> int:
+        """Milliseconds now, but strictly increasing within this process."""
+        ts = max(int(time.time() * 1000), self._last_create_ts + 1)
+        self._last_create_ts = ts
+        return ts
 
     def new_room_id(self) -> str:
         return "!" + "".join(secrets.choice(_ID_CHARS) for _ in range(18)) + \

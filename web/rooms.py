@@ -69,14 +69,16 @@ def register(app: Flask, runtime: Any) -> None:
         if plan.alias is not None and svc.db.run("alias_taken", lambda t: t.query_value(
                 "SELECT 1 FROM room_aliases WHERE alias = ?", (plan.alias,))):
             raise MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken")
+        from web.directory import alias_creation_allowed, publication_allowed
+
+        # v12: the room id is the create event's hash; a per-process monotonic timestamp
+        # keeps two identical creates in the same millisecond from colliding
         room_id = None if rv.room_id_is_create_event_hash else svc.new_room_id()
         create = build_event(rv, room_id=room_id, sender=req.user_id, type="m.room.create",
                              content=plan.create_content, state_key="", prev_events=[],
-                             auth_events=[], depth=1, origin_server_ts=int(time.time() * 1000),
+                             auth_events=[], depth=1, origin_server_ts=svc.next_create_ts(),
                              server_name=config.server_name, signing_key=runtime.signing_key)
         room_id = create["room_id"]
-        from web.directory import alias_creation_allowed, publication_allowed
-
         if plan.alias is not None and not alias_creation_allowed(
                 config, req.user_id, room_id, plan.alias, req.is_admin):
             raise MatrixError(403, "M_FORBIDDEN", "Not allowed to create this alias")

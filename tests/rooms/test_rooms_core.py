@@ -116,3 +116,12 @@ def test_canonical_alias_must_point_at_this_room(app):
                       status=400)
     assert err["errcode"] == "M_BAD_ALIAS"
     alice.state(room_a, "m.room.canonical_alias", body={"alias": "#aaa:test.local"})
+
+
+def test_identical_v12_creates_at_once_get_distinct_rooms(app):
+    import gevent
+
+    alice = user(app, "alice")
+    jobs = [gevent.spawn(alice.create_room, room_version="12") for _ in range(6)]
+    gevent.joinall(jobs, raise_error=True)
+    assert len({j.value for j in jobs}) == 6
