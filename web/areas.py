@@ -25,6 +25,8 @@ def register_all(app: Flask, runtime: Any) -> None:
                                      jsonl_path=runtime.config.trace_jsonl_path)
     media.register(app, runtime)  # media
     _register_rooms(app, runtime)
+    _register_sync(app, runtime)
+    _register_push(app, runtime)  # push
 
 
 def _register_rooms(app: Flask, runtime: Any) -> None:
