@@ -27,6 +27,7 @@ def register_all(app: Flask, runtime: Any) -> None:
     _register_rooms(app, runtime)
     _register_sync(app, runtime)
     _register_push(app, runtime)  # push
+    _register_e2ee(app, runtime)  # e2ee
 
 
 def _register_rooms(app: Flask, runtime: Any) -> None:
