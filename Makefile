@@ -35,8 +35,14 @@ test-sqlite: $(VENV)/.dev
 test-postgres: $(VENV)/.dev
 	ATRIUM_TEST_DB=postgres $(BIN)/python -m pytest -q --ignore=tests/protocol --ignore=tests/supervision
 
+## make bench: every benchmark, Atrium only (add SYNAPSE=1 to run Synapse beside it)
 bench: $(VENV)/.dev
-	$(BIN)/python -m bench
+	$(BIN)/python bench/protocol_signing.py
+	$(BIN)/python bench/protocol_stateres.py
+	$(BIN)/python bench/rooms_send.py $(if $(SYNAPSE),--synapse,)
+	$(BIN)/python bench/sync_wake.py $(if $(SYNAPSE),--synapse,)
+	$(BIN)/python bench/keys_query_claim.py
+	$(BIN)/python bench/media_large_upload.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -137,9 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-c", "--config", help="config file (default: $ATRIUM_CONFIG or "
                                          "./homeserver.yaml)")
     c.set_defaults(func=cmd_check_config)
+
+    sub.add_parser("trace", help="show actor traces of a running server "
+                                 "(python -m atrium trace --help)", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["trace"]:
+        # `python -m atrium trace …`: the actor-trace tool (its own options; see --help)
+        from atrium.trace_cli import main as trace_main
+
+        return int(trace_main(argv[1:]))
     args = build_parser().parse_args(argv)
     return int(args.func(args))

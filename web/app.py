@@ -24,7 +24,7 @@ CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
-    "Access-Control-Expose-Headers": "Synapse-Trace-Id, Server",
+    "Access-Control-Expose-Headers": "X-Request-Id, Server",
 }
 
 
@@ -53,6 +53,7 @@ class Runtime:
 #: request; turned back into "/" in the view arguments.  Event ids of room v3 contain "/".
 SLASH = "\ue000"
 _ENCODED_SLASH = re.compile(r"%2[fF]")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class LegacyPathMiddleware:
@@ -106,7 +107,9 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
 
     @app.before_request
     def _start() -> Response | None:
-        rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:12]
+        given = request.headers.get("X-Request-Id", "")
+        # a client may name its request (to find it in traces); only safe, short ids
+        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:12]
         g.request_id = rid
         request_id_var.set(rid)
         if request.method == "OPTIONS":  # CORS pre-flight, for any path
@@ -117,6 +120,8 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
     def _finish(resp: Response) -> Response:
         for k, v in CORS_HEADERS.items():
             resp.headers.setdefault(k, v)
+        if "request_id" in g:
+            resp.headers.setdefault("X-Request-Id", g.request_id)
         resp.headers.setdefault("Cache-Control", "no-cache, no-store, must-revalidate")
         if request.path.startswith("/_matrix/") or request.path.startswith("/_synapse/"):
             log.info("%s %s -> %s", request.method, _safe_path(), resp.status_code)

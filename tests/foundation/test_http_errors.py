@@ -152,3 +152,11 @@ def test_supervision_errors_map_to_matrix_errors(app, client):
         assert "secret" not in r.get_data(as_text=True)
         if status in (429, 503):
             assert body["retry_after_ms"] == 1500
+
+
+def test_request_id_is_returned_and_client_ids_are_sanitised(client):
+    r = client.get("/_matrix/client/versions", headers={"X-Request-Id": "my-req.1"})
+    assert r.headers["X-Request-Id"] == "my-req.1"
+    r = client.get("/_matrix/client/versions", headers={"X-Request-Id": "bad id\n<script>"})
+    assert r.headers["X-Request-Id"] != "bad id\n<script>"
+    assert len(r.headers["X-Request-Id"]) == 12
