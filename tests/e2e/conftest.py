@@ -79,8 +79,11 @@ class AtriumServer:
 def _start(base: Path, overrides: dict[str, Any]) -> AtriumServer:
     base.mkdir(parents=True, exist_ok=True)
     dbcfg, schema = database_config(str(base))
+    port = free_port()
+    # the address the server really answers on, so /.well-known/matrix/client (which web
+    # clients such as Hydrogen follow before logging in) points back at it
     config: dict[str, Any] = {
-        "server_name": SERVER_NAME, "public_baseurl": "http://127.0.0.1/",
+        "server_name": SERVER_NAME, "public_baseurl": f"http://127.0.0.1:{port}/",
         "database": dbcfg, "signing_key_path": str(base / "signing.key"),
         "media_store_path": str(base / "media"), "bcrypt_rounds": 4,
         "enable_registration": True, "enable_registration_without_verification": True,
@@ -91,7 +94,6 @@ def _start(base: Path, overrides: dict[str, Any]) -> AtriumServer:
     config.update(overrides)
     config_path = base / "homeserver.yaml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    port = free_port()
     log_path = base / "server.log"
     env = dict(os.environ, ATRIUM_CONFIG=str(config_path), ATRIUM_BIND=f"127.0.0.1:{port}",
                PYTHONDONTWRITEBYTECODE="1")
