@@ -43,13 +43,16 @@ def plan_room(rv: RoomVersion, creator: str, server_name: str, body: Mapping[str
     visibility = body.get("visibility", "private")
     if visibility not in ("public", "private"):
         raise _bad("visibility must be 'public' or 'private'", "M_INVALID_PARAM")
-    preset_name = body.get("preset") or ("public_chat" if visibility == "public"
-                                         else "private_chat")
-    if preset_name not in PRESETS:
+    preset_name = body.get("preset")
+    if preset_name is None:
+        preset_name = "public_chat" if visibility == "public" else "private_chat"
+    if not isinstance(preset_name, str) or preset_name not in PRESETS:
         raise _bad(f"Unknown preset {preset_name!r}", "M_INVALID_PARAM")
     preset = PRESETS[preset_name]
 
-    creation = body.get("creation_content") or {}
+    creation = body.get("creation_content")
+    if creation is None:
+        creation = {}
     if not isinstance(creation, dict):
         raise _bad("creation_content must be an object")
     create_content = copy.deepcopy(creation)
@@ -88,6 +91,9 @@ def plan_room(rv: RoomVersion, creator: str, server_name: str, body: Mapping[str
                 and isinstance(ev.get("content"), dict)
                 and isinstance(ev.get("state_key", ""), str)):
             raise _bad("initial_state entries need type, content and a string state_key")
+        if "\x00" in ev["type"] or "\x00" in ev.get("state_key", ""):
+            raise _bad("initial_state type and state_key may not contain NUL",
+                       "M_INVALID_PARAM")
 
     override = body.get("power_level_content_override")
     if override is not None and not isinstance(override, dict):
@@ -97,7 +103,7 @@ def plan_room(rv: RoomVersion, creator: str, server_name: str, body: Mapping[str
     alias_name = body.get("room_alias_name")
     if alias_name is not None:
         if not isinstance(alias_name, str) or not alias_name or any(
-                c in alias_name for c in ":# \t\n") or len(alias_name) > 200:
+                c in alias_name for c in ":# \t\n\x00") or len(alias_name) > 200:
             raise _bad("room_alias_name is not a valid alias localpart", "M_INVALID_PARAM")
         alias = f"#{alias_name}:{server_name}"
 

@@ -25,6 +25,8 @@ class FilterStore:
         return self.db.run("create_filter", _t, write=True)
 
     def get(self, user_id: str, filter_id: int) -> dict[str, Any] | None:
+        if not 0 <= filter_id < 2 ** 63:  # no such id can exist (nor be bound as BIGINT)
+            return None
         raw = self.db.run("get_filter", lambda t: t.query_value(
             "SELECT filter_json FROM user_filters WHERE user_id = ? AND filter_id = ?",
             (user_id, filter_id)))

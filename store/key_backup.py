@@ -53,7 +53,7 @@ def _parse_version(version: str | None) -> int | None:
         n = int(version)
     except (TypeError, ValueError):
         raise NoSuchVersion(version) from None
-    if n < 1 or str(n) != version:
+    if n < 1 or n >= 2 ** 63 or str(n) != version:
         raise NoSuchVersion(version)
     return n
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from flask import Flask, Response, g, request
 
 from atrium.config import Config, ConfigError, load_config
+from atrium.errors import MatrixError
 from atrium.logs import request_id_var, setup_logging
 from web.errors import error_response, install_error_handlers
 from web.ratelimit import Ratelimiter
@@ -104,6 +105,10 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
             for k, v in values.items():
                 if isinstance(v, str) and SLASH in v:
                     values[k] = v.replace(SLASH, "/")
+                # an id, type or txn id with a NUL names nothing (and PostgreSQL text
+                # cannot hold one): 404 before any handler passes it to the store
+                if isinstance(v, str) and "\x00" in v:
+                    raise MatrixError(404, "M_NOT_FOUND", "Not found")
 
     @app.before_request
     def _start() -> Response | None:

@@ -224,7 +224,7 @@ def resolve_filter(runtime: Any, user_id: str, param: str | None) -> SyncFilter:
             return parse_filter(raw)
         except MatrixError as e:
             raise MatrixError(400, "M_INVALID_PARAM", e.error) from None
-    if not param.isdigit():
+    if not (param.isascii() and param.isdigit()):
         raise MatrixError(400, "M_INVALID_PARAM", "filter must be a filter id or JSON")
     sync = runtime.parts["sync"]
     key = (user_id, int(param))
@@ -263,7 +263,8 @@ def register(app: Flask, runtime: Any) -> None:
     def get_filter(user_id: str, filter_id: str) -> Any:
         """GET /_matrix/client/v3/user/{userId}/filter/{filterId}"""
         own(user_id)
-        stored = sync.filters.get(user_id, int(filter_id)) if filter_id.isdigit() else None
+        stored = sync.filters.get(user_id, int(filter_id)) if (
+            filter_id.isascii() and filter_id.isdigit()) else None
         if stored is None:
             raise MatrixError(404, "M_NOT_FOUND", "No such filter")
         return jsonify(stored)

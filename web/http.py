@@ -9,8 +9,49 @@ from flask import current_app, request
 from atrium.errors import MatrixError, bad_json, invalid_param, missing_param, not_json, too_large
 
 
+#: Deepest nesting of arrays/objects a request body may have.  Nothing in the spec comes
+#: close; a deeper body would only exhaust the stack later (canonical JSON, hashing).
+MAX_JSON_DEPTH = 100
+#: The largest integer either database engine stores (BIGINT / SQLite INTEGER).
+MAX_INT64 = 2 ** 63 - 1
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _is_surrogate_free(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_json_value(value: Any) -> None:
+    """Reject what parses but cannot be stored, hashed or sent on: lone UTF-16 surrogates
+    (``"\\ud800"``) in keys or strings (400 M_INVALID_PARAM, as ``web.uia.storable_text``
+    answers for single fields), numbers out of float range (``1e400`` parses as infinity)
+    and nesting deeper than ``MAX_JSON_DEPTH`` (400 M_BAD_JSON)."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while stack:
+        v, where, depth = stack.pop()
+        if isinstance(v, str):
+            if not _is_surrogate_free(v):
+                raise invalid_param(f"'{where}' is not valid Unicode (lone surrogate)")
+        elif isinstance(v, float):
+            if v != v or v in (float("inf"), float("-inf")):
+                raise bad_json(f"'{where}' is a number out of range")
+        elif isinstance(v, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise bad_json(f"Content is nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(v, dict):
+                for k, item in v.items():
+                    if not _is_surrogate_free(k):
+                        raise invalid_param("A key is not valid Unicode (lone surrogate)")
+                    stack.append((item, f"{where}.{k}" if where else k, depth + 1))
+            else:
+                stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(v))
 
 
 def read_body_limited(limit: int) -> bytes:
@@ -39,8 +80,11 @@ def json_body(*, optional: bool = False) -> dict[str, Any]:
         body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError):
         raise not_json("Content not JSON.") from None
+    except RecursionError:
+        raise bad_json(f"Content is nested deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(body, dict):
-        raise not_json("Content must be a JSON object.")
+        raise bad_json("Content must be a JSON object.")
+    check_json_value(body)
     request.environ["atrium.json_body"] = body
     return body
 
@@ -81,6 +125,8 @@ def query_int(name: str, default: int | None = None, *, minimum: int | None = No
         n = int(v)
     except ValueError:
         raise invalid_param(f"Query parameter '{name}' must be an integer") from None
+    if maximum is None and not -MAX_INT64 <= n <= MAX_INT64:
+        raise invalid_param(f"Query parameter '{name}' is out of range")
     if minimum is not None and n < minimum:
         raise invalid_param(f"Query parameter '{name}' must be >= {minimum}")
     if maximum is not None and n > maximum:

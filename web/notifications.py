@@ -30,7 +30,7 @@ def register(app: Flask, runtime: Any) -> None:
         raw_from = request.args.get("from")
         before = None
         if raw_from:
-            if not raw_from.isdigit():
+            if not (raw_from.isascii() and raw_from.isdigit()) or len(raw_from) > 18:
                 raise MatrixError(400, "M_INVALID_PARAM", "Invalid 'from' token")
             before = int(raw_from)
         limit = query_int("limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT) or DEFAULT_LIMIT

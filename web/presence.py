@@ -12,6 +12,7 @@ from atrium.errors import MatrixError
 from store.presence import STATES
 from web.auth import require_auth
 from web.http import json_body, require
+from web.uia import storable_text
 
 from actors.user_messages import SetPresence
 
@@ -37,6 +38,8 @@ def register(app: Flask, runtime: Any) -> None:
         status = body.get("status_msg")
         if status is not None and (not isinstance(status, str) or len(status) > MAX_STATUS):
             raise MatrixError(400, "M_BAD_JSON", "status_msg must be a short string")
+        if status is not None:
+            storable_text("status_msg", status)
         sync.ask_user(user_id, SetPresence(state, status, "status_msg" in body))
         return jsonify({})
 

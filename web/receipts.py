@@ -30,6 +30,8 @@ def register(app: Flask, runtime: Any) -> None:
             raise MatrixError(400, "M_INVALID_PARAM", f"Invalid room id {room_id!r}")
         if not isinstance(event_id, str) or not event_id:
             raise MatrixError(400, "M_INVALID_PARAM", "event id must be a non-empty string")
+        if "\x00" in event_id:  # names no event (and PostgreSQL text cannot hold it)
+            raise MatrixError(404, "M_NOT_FOUND", "Unknown event")
         membership, _ = rooms.membership(room_id, user_id)
         if membership != "join":
             raise MatrixError(403, "M_FORBIDDEN", "You are not joined to this room")
@@ -46,7 +48,8 @@ def register(app: Flask, runtime: Any) -> None:
         if receipt_type not in RECEIPT_TYPES:
             raise MatrixError(400, "M_INVALID_PARAM", f"Unknown receipt type {receipt_type}")
         thread_id = body.get("thread_id")
-        if "thread_id" in body and (not isinstance(thread_id, str) or not thread_id):
+        if "thread_id" in body and (not isinstance(thread_id, str) or not thread_id
+                                    or "\x00" in thread_id):
             raise MatrixError(400, "M_INVALID_PARAM", "thread_id must be a non-empty string")
         if thread_id is not None and receipt_type == "m.fully_read":
             raise MatrixError(400, "M_INVALID_PARAM", "m.fully_read cannot have a thread_id")

@@ -37,6 +37,7 @@ def register(app: Flask, runtime: Any) -> None:
     def send(req: Requester, room_id: str, spec: EventSpec, txn_id: str | None,
              redacts: str | None = None) -> Any:
         room(room_id)
+        _check_indexed_fields(spec.content)
         if not req.is_admin:
             ratelimiter.check("message", req.user_id, config.rc_message)
         txn = (req.device_id or "", txn_id) if txn_id is not None else None
@@ -179,3 +180,15 @@ def _visible_state(svc: RoomService, req: Requester, room_id: str,
     from web.visibility import visible_state_ids
 
     return visible_state_ids(svc, req.user_id, room_id, at=at)
+
+
+def _check_indexed_fields(content: dict[str, Any]) -> None:
+    """The content fields the store copies into its own text columns (relations, redacts,
+    membership) may not carry a NUL: PostgreSQL text cannot hold one.  400 M_BAD_JSON."""
+    rel = content.get("m.relates_to")
+    fields = [content.get("redacts"), content.get("membership")]
+    if isinstance(rel, dict):
+        fields += [rel.get("event_id"), rel.get("rel_type"), rel.get("key")]
+    if any(isinstance(v, str) and "\x00" in v for v in fields):
+        raise MatrixError(400, "M_BAD_JSON", "Relation ids, keys, redacts and membership may"
+                          " not contain NUL")

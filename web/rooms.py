@@ -174,7 +174,7 @@ def register(app: Flask, runtime: Any) -> None:
         """POST /_matrix/client/v3/rooms/{roomId}/invite"""
         req = require_auth()
         body = json_body()
-        target = require(body, "user_id", str)
+        target = valid_target(require(body, "user_id", str))
         if "id_server" in body or "medium" in body:
             raise MatrixError(400, "M_INVALID_PARAM", "Third-party invites are not supported")
         ratelimiter.check("invite_room", room_id, config.rc_invites_per_room)
@@ -189,10 +189,15 @@ def register(app: Flask, runtime: Any) -> None:
         membership(req, room_id, target, "invite", body)
         return jsonify({})
 
+    def valid_target(user_id: str) -> str:
+        if not is_valid_user_id(user_id):
+            raise MatrixError(400, "M_INVALID_PARAM", f"Invalid user id {user_id[:255]!r}")
+        return user_id
+
     def moderation(room_id: str, new_membership: str, expect: tuple[str, ...] | None) -> Any:
         req = require_auth()
         body = json_body()
-        target = require(body, "user_id", str)
+        target = valid_target(require(body, "user_id", str))
         check_room_id(room_id)
         current, _ = svc.membership(room_id, target)
         if expect is not None and current not in expect:

@@ -25,7 +25,7 @@ from atrium.errors import MatrixError, bad_json, forbidden, invalid_param, not_f
 from store.accounts import AccountStore, LoginRequest, UserInUse
 from store.database import IntegrityError
 from web.auth import require_admin
-from web.http import check_type, json_body
+from web.http import MAX_INT64, check_type, json_body
 from web.register import check_username, session_response, user_in_use
 from web.uia import hash_password, qualify_user, reject_nul_path_values, storable_text
 
@@ -137,7 +137,8 @@ def register(app: Flask, runtime: Any) -> None:
         expiry = check_type(body, "expiry_time", int)
         if not _TOKEN.match(token) or not 0 < length <= 64:
             raise invalid_param("token must be 1-64 characters of [A-Za-z0-9._~-]")
-        if (uses is not None and uses < 0) or (expiry is not None and expiry < time.time() * 1000):
+        if (uses is not None and not 0 <= uses <= MAX_INT64) or (
+                expiry is not None and not time.time() * 1000 <= expiry <= MAX_INT64):
             raise invalid_param("uses_allowed must be >= 0 and expiry_time in the future")
         try:
             accounts.add_registration_token(token, uses_allowed=uses, expiry_time=expiry)

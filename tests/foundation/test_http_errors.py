@@ -48,10 +48,27 @@ def test_bad_method_is_405_unrecognized(client):
     _err(client.delete("/_matrix/client/versions"), 405, "M_UNRECOGNIZED")
 
 
-@pytest.mark.parametrize("data", [b"{not json", b"[1,2]", b"\"str\"", b"{\"a\": NaN}", b"\xff\xfe"])
+@pytest.mark.parametrize("data", [b"{not json", b"{\"a\": NaN}", b"\xff\xfe"])
 def test_bad_json_is_400_not_json(client, data):
     _err(client.post("/_test/echo", data=data, content_type="application/json"), 400,
          "M_NOT_JSON")
+
+
+@pytest.mark.parametrize("data", [b"[1,2]", b"\"str\"", b"null", b"1", b'{"a": 1e400}',
+                                  b'{"a": ' + b"[" * 200 + b"]" * 200 + b"}",
+                                  b'{"a": ' * 5000 + b"1" + b"}" * 5000])
+def test_valid_json_of_the_wrong_shape_is_400_bad_json(client, data):
+    # JSON that parses but is not an object (or is nested absurdly deep): M_BAD_JSON
+    _err(client.post("/_test/echo", data=data, content_type="application/json"), 400,
+         "M_BAD_JSON")
+
+
+@pytest.mark.parametrize("data", [b'{"a": "\\ud800"}', b'{"\\udfff": 1}',
+                                  b'{"a": [{"b": "x\\udc00"}]}'])
+def test_lone_surrogates_are_400_invalid_param(client, data):
+    # parses, but is not Unicode: nothing could store, hash or sign it
+    _err(client.post("/_test/echo", data=data, content_type="application/json"), 400,
+         "M_INVALID_PARAM")
 
 
 def test_empty_body_is_not_json(client):
