@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -59,6 +61,71 @@ class QueryResult:
 
 # --------------------------------------------------------------------------- /sync readers
 
+class _KeyCountCache:
+    """(user, device) → (one-time key counts, unused fallback key types) of one database,
+    so a /sync of an idle device reads no table.  Every write of these tables through this
+    module drops the device's entry after its commit (``_forget``); a fill that raced such
+    a drop (read before the commit, stored after it) is not kept (a version per device)."""
+
+    MAX = 100_000
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[tuple[str, str], tuple[dict[str, int], list[str]]] = \
+            OrderedDict()
+        self.versions: dict[tuple[str, str], int] = {}
+
+    def get(self, db: Database, user_id: str, device_id: str
+            ) -> tuple[dict[str, int], list[str]]:
+        key = (user_id, device_id)
+        hit = self.entries.get(key)
+        if hit is not None:
+            self.entries.move_to_end(key)
+            return hit
+        version = self.versions.get(key, 0)
+        got = db.run("otk_counts", _counts_and_fallbacks, user_id, device_id)
+        if self.versions.get(key, 0) == version:
+            self.entries[key] = got
+            while len(self.entries) > self.MAX:
+                self.entries.popitem(last=False)
+        return got
+
+    def forget(self, keys: Iterable[tuple[str, str]]) -> None:
+        for key in keys:
+            self.versions[key] = self.versions.get(key, 0) + 1
+            self.entries.pop(key, None)
+        if len(self.versions) > 4 * self.MAX:
+            self.versions.clear()  # old versions only matter while a fill is in flight
+
+    def forget_user(self, user_id: str) -> None:
+        self.forget([k for k in list(self.entries) if k[0] == user_id])
+
+
+_key_caches: "weakref.WeakKeyDictionary[Database, _KeyCountCache]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _cache(db: Database) -> _KeyCountCache:
+    cache = _key_caches.get(db)
+    if cache is None:
+        cache = _key_caches[db] = _KeyCountCache()
+    return cache
+
+
+def _forget(db: Database, keys: Iterable[tuple[str, str]]) -> None:
+    cache = _key_caches.get(db)
+    if cache is not None:
+        cache.forget(keys)
+
+
+def _forget_everywhere(user_id: str, device_ids: list[str] | None) -> None:
+    """Txn hooks do not know their database: drop the device(s) from every cache."""
+    for cache in list(_key_caches.values()):
+        if device_ids is None:
+            cache.forget_user(user_id)
+        else:
+            cache.forget((user_id, d) for d in device_ids)
+
+
 def _counts(txn: Txn, user_id: str, device_id: str) -> dict[str, int]:
     counts = {"signed_curve25519": 0}  # always present, as clients expect
     for alg, n in txn.query("SELECT algorithm, COUNT(*) FROM e2e_one_time_keys WHERE"
@@ -68,17 +135,23 @@ def _counts(txn: Txn, user_id: str, device_id: str) -> dict[str, int]:
     return counts
 
 
+def _counts_and_fallbacks(txn: Txn, user_id: str, device_id: str
+                          ) -> tuple[dict[str, int], list[str]]:
+    return _counts(txn, user_id, device_id), [r[0] for r in txn.query(
+        "SELECT algorithm FROM e2e_fallback_keys WHERE user_id = ? AND device_id = ?"
+        " AND used = 0 ORDER BY algorithm", (user_id, device_id))]
+
+
 def one_time_keys_count(db: Database, user_id: str, device_id: str) -> dict[str, int]:
-    """Unclaimed one-time keys of a device by algorithm (``device_one_time_keys_count``)."""
-    return db.run("otk_counts", _counts, user_id, device_id)
+    """Unclaimed one-time keys of a device by algorithm (``device_one_time_keys_count``).
+    Served from memory after the first read (see :class:`_KeyCountCache`)."""
+    return dict(_cache(db).get(db, user_id, device_id)[0])
 
 
 def unused_fallback_key_types(db: Database, user_id: str, device_id: str) -> list[str]:
     """Algorithms whose fallback key has not been claimed yet
-    (``device_unused_fallback_key_types``)."""
-    return db.run("unused_fallback_types", lambda t: [r[0] for r in t.query(
-        "SELECT algorithm FROM e2e_fallback_keys WHERE user_id = ? AND device_id = ?"
-        " AND used = 0 ORDER BY algorithm", (user_id, device_id))])
+    (``device_unused_fallback_key_types``); cached with the counts."""
+    return list(_cache(db).get(db, user_id, device_id)[1])
 
 
 # --------------------------------------------------------------------------- the store
@@ -102,7 +175,10 @@ class E2EKeyStore:
                 _put_fallback_key(txn, user_id, device_id, kid, key)
             return UploadResult(_counts(txn, user_id, device_id), changed)
 
-        return self.db.run("keys_upload", _t, write=True)
+        try:
+            return self.db.run("keys_upload", _t, write=True)
+        finally:  # also on a conflict: the cache never outlives a write attempt
+            _forget(self.db, [(user_id, device_id)])
 
     def device_keys_of(self, user_id: str, device_ids: Iterable[str] | None = None
                        ) -> dict[str, dict[str, Any]]:
@@ -130,7 +206,12 @@ class E2EKeyStore:
                     out.setdefault(user_id, {}).setdefault(device_id, {})[got[0]] = got[1]
             return out
 
-        return self.db.run("keys_claim", _t, write=True) if wanted else {}
+        if not wanted:
+            return {}
+        try:
+            return self.db.run("keys_claim", _t, write=True)
+        finally:
+            _forget(self.db, [(u, d) for u, d, _ in ordered])
 
     # -- query ----------------------------------------------------------------------------
     def query(self, requester: str, wanted: dict[str, list[str]]) -> QueryResult:
@@ -183,6 +264,7 @@ class E2EKeyStore:
     @staticmethod
     def delete_for_devices(txn: Txn, user_id: str, device_ids: list[str]) -> None:
         """AccountStore.on_devices_deleted: a deleted device's keys go with it."""
+        txn.call_after_commit(lambda: _forget_everywhere(user_id, list(device_ids)))
         for d in device_ids:
             for table in ("e2e_device_keys", "e2e_one_time_keys", "e2e_fallback_keys"):
                 txn.execute(f"DELETE FROM {table} WHERE user_id = ? AND device_id = ?",
@@ -193,6 +275,7 @@ class E2EKeyStore:
     @staticmethod
     def delete_for_user(txn: Txn, user_id: str) -> None:
         """AccountStore.on_user_deactivated: cross-signing keys, signatures and backups."""
+        txn.call_after_commit(lambda: _forget_everywhere(user_id, None))
         txn.execute("DELETE FROM e2e_cross_signing_keys WHERE user_id = ?", (user_id,))
         txn.execute("DELETE FROM e2e_signatures WHERE target_user_id = ? OR"
                     " signer_user_id = ?", (user_id, user_id))

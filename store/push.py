@@ -23,6 +23,9 @@ import json
 import weakref
 from typing import Any, Callable, Iterable, Sequence
 
+import gevent
+import gevent.event
+
 from store.database import Database, Txn
 
 MAIN = "main"
@@ -97,6 +100,20 @@ def _counts_txn(txn: Txn, user_id: str, room_id: str) -> dict[str, Any]:
             "unread_thread_notifications": threads}
 
 
+class _CountBatch:
+    """The (user, room) counts one transaction reads together."""
+
+    __slots__ = ("wanted", "started", "done")
+
+    def __init__(self) -> None:
+        self.wanted: set[tuple[str, str]] = set()
+        self.started = False
+        self.done = gevent.event.AsyncResult()
+
+
+_open_batches: "weakref.WeakKeyDictionary[Database, _CountBatch]" = weakref.WeakKeyDictionary()
+
+
 def unread_counts(db: Database, user_id: str, room_id: str) -> dict[str, Any]:
     """The user's unread counts in a room, for /sync's ``unread_notifications``.
 
@@ -104,9 +121,34 @@ def unread_counts(db: Database, user_id: str, room_id: str) -> dict[str, Any]:
     room (the answer when the client did not ask for threaded counts);
     ``main_timeline`` holds the main timeline's alone and ``unread_thread_notifications``
     maps a thread root to its counts (threads with nothing unread are left out) — the
-    split a filter with ``unread_thread_notifications: true`` asks for."""
+    split a filter with ``unread_thread_notifications: true`` asks for.
+
+    One event wakes every /sync of its room at once, and an initial sync reads many rooms
+    side by side: the callers that arrive in the same turn of the event loop share one
+    transaction (one trip to the database's threads).  A batch starts after each of its
+    callers arrived (and their rooms were evaluated), so every answer is at least as fresh
+    as a read of its own would be."""
     wait_evaluated(db, room_id)
-    return db.run("unread_counts", _counts_txn, user_id, room_id)
+    batch = _open_batches.get(db)
+    if batch is not None and not batch.started:
+        batch.wanted.add((user_id, room_id))
+        return batch.done.get()[(user_id, room_id)]
+    batch = _open_batches[db] = _CountBatch()
+    batch.wanted.add((user_id, room_id))
+    try:
+        gevent.sleep(0)  # the others woken with us reach this point in the same loop turn
+        batch.started = True
+        if _open_batches.get(db) is batch:
+            del _open_batches[db]
+        wanted = sorted(batch.wanted)
+        got = db.run("unread_counts", lambda t: {k: _counts_txn(t, *k) for k in wanted})
+    except BaseException as e:  # the joiners must not wait forever (also on a kill)
+        if _open_batches.get(db) is batch:
+            del _open_batches[db]
+        batch.done.set_exception(e)
+        raise
+    batch.done.set(got)
+    return got[(user_id, room_id)]
 
 
 def total_unread(db: Database, user_id: str) -> int:

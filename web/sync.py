@@ -19,6 +19,7 @@ from store.to_device import MAX_PER_SYNC
 from web.auth import require_auth
 from web.filters import SyncFilter, resolve_filter
 from web.http import query_bool, query_int
+from web.sync_caches import LRU
 from web.sync_rooms import account_data_rows, rooms_section
 from web.sync_timeline import SyncContext
 from web.sync_token import SyncToken
@@ -33,6 +34,7 @@ except ImportError:  # pragma: no cover
 P = "/_matrix/client/v3"
 MAX_TIMEOUT_MS = 300_000
 PRESENCE_STATES = ("online", "offline", "unavailable")
+INLINE_FILTERS = 1_024
 
 
 def register(app: Flask, runtime: Any) -> None:
@@ -50,7 +52,7 @@ def register(app: Flask, runtime: Any) -> None:
         set_presence = request.args.get("set_presence", "online")
         if set_presence not in PRESENCE_STATES:
             raise MatrixError(400, "M_INVALID_PARAM", f"Invalid set_presence {set_presence!r}")
-        filt = resolve_filter(runtime, req.user_id, request.args.get("filter"))
+        filt = _filter(runtime, req.user_id, request.args.get("filter"))
         if svc.presence_enabled and set_presence != "offline":  # before computing: a change
             # shows in this very answer; "offline" syncs do not count as connected
             svc.hint_user(req.user_id, SyncStarted(set_presence=set_presence,
@@ -59,6 +61,21 @@ def register(app: Flask, runtime: Any) -> None:
                                  timeout_ms))
 
     app.register_blueprint(bp)
+
+
+_inline_filters: LRU[str, SyncFilter] = LRU(INLINE_FILTERS)
+
+
+def _filter(runtime: Any, user_id: str, param: str | None) -> SyncFilter:
+    """resolve_filter, with inline JSON filters parsed once: a client sends the same one
+    with every /sync, and parsed filters are never modified (stored ones are shared too)."""
+    if not param or not param.lstrip().startswith("{"):
+        return resolve_filter(runtime, user_id, param)
+    filt = _inline_filters.get(param)
+    if filt is None:
+        filt = resolve_filter(runtime, user_id, param)  # raises on a bad one: not cached
+        _inline_filters.put(param, filt)
+    return filt
 
 
 def sync_wait(svc: Any, user_id: str, device_id: str | None, since: SyncToken | None,
@@ -77,9 +94,14 @@ def sync_wait(svc: Any, user_id: str, device_id: str | None, since: SyncToken | 
             first = False
             if waiter is None or not empty:
                 return body
+            # held while asleep: only what differs between empty answers (an idle sync
+            # should cost little more than its connection)
+            kept = (body["next_batch"], body["device_one_time_keys_count"],
+                    body["device_unused_fallback_key_types"])
+            del body
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not waiter.wait(remaining):
-                return body
+                return _empty_body(*kept)
     finally:
         if waiter is not None:
             svc.notifier.unregister(waiter)
@@ -121,6 +143,17 @@ def compute_sync(svc: Any, user_id: str, device_id: str | None, since: SyncToken
     empty = not (any(rooms.values()) or presence or account_data or to_device
                  or device_lists["changed"] or device_lists["left"])
     return body, empty
+
+
+def _empty_body(next_batch: str, key_counts: dict[str, int], fallback_types: list[str]
+                ) -> dict[str, Any]:
+    """The answer when nothing moved for the user: every section empty."""
+    return {"next_batch": next_batch,
+            "rooms": {"join": {}, "invite": {}, "leave": {}, "knock": {}},
+            "presence": {"events": []}, "account_data": {"events": []},
+            "to_device": {"events": []}, "device_lists": {"changed": [], "left": []},
+            "device_one_time_keys_count": key_counts,
+            "device_unused_fallback_key_types": fallback_types}
 
 
 def _to_device(svc: Any, user_id: str, device_id: str | None, since: SyncToken | None,

@@ -10,12 +10,19 @@ cache does not cover:
   (an allocated id whose write failed) is healed by one range query;
 * :class:`MembershipCache` — a user's membership history (invalidated by their member
   events; a fill that raced an invalidation is not kept);
+* :class:`SharedReads` — reads whose answer can never change (a room's timeline ids in a
+  range of committed positions), read once for all the /syncs one event woke and kept in a
+  small LRU; :class:`Coalescer` — concurrent identical reads whose answer may change later
+  (events by id: a redaction), where the followers wait for the leader and then read the
+  leader's freshly filled cache;
 * small LRUs: ignored users, parsed stored filters.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Callable, Generic, Hashable, Iterable, TypeVar
+
+import gevent.event
 
 from store.sync import Membership
 
@@ -44,6 +51,56 @@ class LRU(Generic[K, V]):
 
     def pop(self, key: K) -> None:
         self._d.pop(key, None)
+
+
+class SharedReads(Generic[K, V]):
+    """key → an immutable answer: computed once (concurrent askers wait for the one read in
+    flight), then served from a bounded LRU."""
+
+    def __init__(self, size: int) -> None:
+        self._done: LRU[K, V] = LRU(size)
+        self._flying: dict[K, gevent.event.AsyncResult] = {}
+        self.reads = 0   # reads that went to the store (tests, stats)
+
+    def get(self, key: K, read: Callable[[], V]) -> V:
+        hit = self._done.get(key)
+        if hit is not None:
+            return hit
+        flight = self._flying.get(key)
+        if flight is not None:
+            return flight.get()
+        flight = self._flying[key] = gevent.event.AsyncResult()
+        self.reads += 1
+        try:
+            value = read()
+        except BaseException as e:
+            self._flying.pop(key, None)
+            flight.set_exception(e)
+            raise
+        self._flying.pop(key, None)
+        self._done.put(key, value)
+        flight.set(value)
+        return value
+
+
+class Coalescer(Generic[K]):
+    """At most one ``fill`` per key at a time: whoever comes while one is running waits for
+    it to end (however it ends) and returns; the caller then reads what it filled."""
+
+    def __init__(self) -> None:
+        self._flying: dict[K, gevent.event.Event] = {}
+
+    def fill(self, key: K, fill: Callable[[], object]) -> None:
+        flight = self._flying.get(key)
+        if flight is not None:
+            flight.wait()
+            return
+        flight = self._flying[key] = gevent.event.Event()
+        try:
+            fill()
+        finally:
+            del self._flying[key]
+            flight.set()
 
 
 class RoomPositions:

@@ -11,7 +11,10 @@ state"); invites from ignored users are dropped (modules/ignore_users.md).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from functools import partial
+from typing import Any, Callable
+
+import gevent.pool
 
 from store.receipts import Receipt
 from store.sync import Membership
@@ -26,6 +29,7 @@ except ImportError:  # pragma: no cover - depends on what else is installed in t
 STRIPPED_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                   "m.room.canonical_alias", "m.room.encryption")
 PRIVATE_RECEIPT = "m.read.private"
+ROOM_WORKERS = 8
 
 
 def rooms_section(ctx: SyncContext) -> dict[str, dict[str, Any]]:
@@ -43,6 +47,7 @@ def rooms_section(ctx: SyncContext) -> dict[str, dict[str, Any]]:
     receipts = _receipts_by_room(ctx, joined)
     room_ad = _room_account_data(ctx)
     forgotten: set[str] | None = None
+    jobs: list[tuple[str, str, Callable[[], dict[str, Any] | None]]] = []
     for room_id, ms in history.items():
         if not f.matches_room(room_id):
             continue
@@ -56,18 +61,15 @@ def rooms_section(ctx: SyncContext) -> dict[str, dict[str, Any]]:
                     and room_id not in room_ad \
                     and svc.typing.typing(room_id, ctx.since.typing, upto.typing) is None:
                 continue
-            room = _joined_room(ctx, room_id, ms, full, receipts.get(room_id, []),
-                                room_ad.get(room_id, []))
-            if room is not None:
-                out["join"][room_id] = room
+            jobs.append(("join", room_id, partial(
+                _joined_room, ctx, room_id, ms, full, receipts.get(room_id, []),
+                room_ad.get(room_id, []))))
         elif last.membership == "invite" and changed:
-            room = _stripped_room(ctx, room_id, last, "invite_state")
-            if room is not None:
-                out["invite"][room_id] = room
+            jobs.append(("invite", room_id,
+                         partial(_stripped_room, ctx, room_id, last, "invite_state")))
         elif last.membership == "knock" and changed:
-            room = _stripped_room(ctx, room_id, last, "knock_state")
-            if room is not None:
-                out["knock"][room_id] = room
+            jobs.append(("knock", room_id,
+                         partial(_stripped_room, ctx, room_id, last, "knock_state")))
         elif last.membership in ("leave", "ban"):
             if not (changed and since_ev is not None) and not f.include_leave:
                 continue
@@ -77,8 +79,26 @@ def rooms_section(ctx: SyncContext) -> dict[str, dict[str, Any]]:
                 forgotten = svc.store.forgotten_rooms(ctx.user_id)
             if room_id in forgotten:
                 continue
-            out["leave"][room_id] = _left_room(ctx, room_id, ms, room_ad.get(room_id, []))
+            jobs.append(("leave", room_id,
+                         partial(_left_room, ctx, room_id, ms, room_ad.get(room_id, []))))
+    for (section, room_id, _), room in zip(jobs, _run_jobs([job for _, _, job in jobs])):
+        if room is not None:
+            out[section][room_id] = room
     return out
+
+
+def _run_jobs(jobs: list[Callable[[], dict[str, Any] | None]]) -> list[dict[str, Any] | None]:
+    """Each room's part; several rooms (an initial sync) side by side in a few greenlets, so
+    their reads overlap on the database's connections and the unread counts of rooms
+    reached in the same loop turn are read in one transaction."""
+    if len(jobs) <= 1:
+        return [job() for job in jobs]
+    pool = gevent.pool.Pool(min(ROOM_WORKERS, len(jobs)))
+    try:
+        return list(pool.imap(lambda job: job(), jobs))
+    except BaseException:
+        pool.kill(block=False)  # one room failed the answer: the others are not needed
+        raise
 
 
 def _moved_test(ctx: SyncContext) -> Any:

@@ -26,7 +26,7 @@ from store.sync import SyncStore
 from store.to_device import ToDeviceStore
 from supervision import Supervisor, SupervisionError, Tracer
 from web.notifier import Notifier
-from web.sync_caches import LRU, MembershipCache, RoomPositions
+from web.sync_caches import LRU, Coalescer, MembershipCache, RoomPositions, SharedReads
 from web.room_service import RoomService
 from web.sync_token import SyncToken
 from web.typing import TypingTracker
@@ -37,6 +37,7 @@ from actors.user_messages import Active, PresenceTick
 log = logging.getLogger(__name__)
 
 LAZY_CACHE_DEVICES = 10_000
+TIMELINE_SLICES = 4_096
 HINT_REPEAT_S = 10.0
 
 
@@ -82,6 +83,10 @@ class SyncService:
         self.positions = RoomPositions(self.events.stream.current(),
                                        self.store.latest_positions)
         self.memberships = MembershipCache(lambda u: self.store.memberships(u, 2 ** 62))
+        # (room, lo, hi, n) → timeline ids: one read for every /sync the same event woke
+        self.timeline_slices: SharedReads[tuple[str, int, int, int], list[tuple[str, int]]] = \
+            SharedReads(TIMELINE_SLICES)
+        self._event_reads: Coalescer[tuple[str, ...]] = Coalescer()
         self._ignored: LRU[str, frozenset[str]] = LRU(100_000)
         self.filter_cache: LRU[tuple[str, int], Any] = LRU(10_000)
         # to-device: (user, device) → (lowest, highest) id delivered and not yet acknowledged;
@@ -102,6 +107,19 @@ class SyncService:
 
     def is_local(self, user_id: str) -> bool:
         return user_id.endswith(self.local_suffix)
+
+    def timeline_ids(self, room_id: str, lo: int, hi: int, limit: int
+                     ) -> list[tuple[str, int]]:
+        """store.timeline_ids, shared: ``hi`` is a committed position and events are never
+        inserted below it, so the answer for (room, lo, hi, limit) never changes."""
+        return self.timeline_slices.get(
+            (room_id, lo, hi, limit), lambda: self.store.timeline_ids(room_id, lo, hi, limit))
+
+    def get_events(self, event_ids: list[str]) -> dict[str, Any]:
+        """EventStore.get_events, with concurrent reads of the same ids made once: the
+        others wait for it, then find the events in the EventStore's cache."""
+        self._event_reads.fill(tuple(event_ids), lambda: self.events.get_events(event_ids))
+        return self.events.get_events(event_ids)
 
     # ---------------------------------------------------------------- talking to users
     def ask_user(self, user_id: str, msg: Any) -> Any:

@@ -86,13 +86,13 @@ def timeline(ctx: SyncContext, room_id: str, lo: int, hi: int,
     limited = False
     skipped = False
     floor = hi  # everything in (floor, hi] has been looked at
-    store, events = ctx.svc.store, ctx.svc.events
+    svc = ctx.svc
     for _ in range(MAX_SCAN_PAGES):
-        batch = store.timeline_ids(room_id, lo, floor, page)
+        batch = svc.timeline_ids(room_id, lo, floor, page)
         if not batch:
             floor = lo
             break
-        found = events.get_events(eid for eid, _ in batch)
+        found = svc.get_events([eid for eid, _ in batch])
         for eid, so in batch:
             se = found.get(eid)
             if se is None or not _visible(ctx, se, visible_from):
