@@ -7,7 +7,8 @@ push rules, and nothing here can fail a room write.  One worker greenlet drains 
 batches: per room it loads (and caches by current state group) the members, display names,
 power levels and create event; per recipient it takes the merged ruleset (cached, checked
 against ``push_rules.version`` with one query per batch) and calls the pure
-``protocol.push_rules.evaluate``; the rows of a batch are written in one transaction.
+``protocol.push_rules.evaluate`` (compiled once per ruleset version:
+``protocol.push_rules_compiled``); the rows of a batch are written in one transaction.
 
 Bounded: past ``max_pending`` queued events the queue is dropped and the worker catches up
 from the store from its durable position (``push_evaluator_position``), as it does at
@@ -22,14 +23,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import gevent
 import gevent.event
 
 from protocol.power_levels import get_user_level
-from protocol.push_rules import evaluate, notification_effect
+from protocol.push_rules import notification_effect
+from protocol.push_rules_compiled import CompiledRuleset, compile_ruleset
 from protocol.room_versions import RoomVersion
 from store import push as push_store
 from store.database import Database
@@ -39,6 +42,7 @@ from store.push_rules import PushRuleStore
 log = logging.getLogger(__name__)
 
 MAX_THREAD_HOPS = 3
+INLINE_VERSION_READ = 32   # recipients whose rule versions are read without a thread
 NotifyHook = Callable[[str, int], None]
 
 
@@ -56,7 +60,7 @@ class PushEvaluator:
     def __init__(self, db: Database, events: EventStore, rules: PushRuleStore,
                  server_name: str, *, on_notify: NotifyHook | None = None,
                  max_pending: int = 10_000, batch_size: int = 200,
-                 cache_rooms: int = 2_000, cache_users: int = 50_000,
+                 cache_rooms: int = 500, cache_users: int = 2_000,
                  clock: Callable[[], float] = time.time) -> None:
         self.db, self.events, self.rules = db, events, rules
         self.suffix = ":" + server_name
@@ -71,7 +75,7 @@ class PushEvaluator:
         self._pending: dict[str, int] = {}    # room → highest position handed to us
         self._done: dict[str, int] = {}       # room → highest position written
         self._rooms: OrderedDict[str, _RoomContext] = OrderedDict()
-        self._rulesets: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
+        self._rulesets: OrderedDict[str, tuple[int, CompiledRuleset]] = OrderedDict()
         self._cache_rooms, self._cache_users = cache_rooms, cache_users
         self._stopping = False
         self._worker: gevent.Greenlet | None = None
@@ -201,6 +205,8 @@ class PushEvaluator:
 
     def _evaluate_room(self, room_id: str, evs: list[tuple[dict[str, Any], int]], now: int,
                        rows: list, own: list) -> None:
+        if any("state_key" in ev for ev, _ in evs):
+            self._rooms.pop(room_id, None)  # the room's state moved: reload it below
         ctx = self._room_context(room_id)
         if ctx is None:
             return
@@ -220,10 +226,10 @@ class PushEvaluator:
             if invitee is not None and invitee not in ctx.joined:
                 targets.append(invitee)
             for user_id in targets:
-                actions = evaluate(rulesets[user_id], ev, user_id=user_id,
-                                   display_name=ctx.joined.get(user_id),
-                                   room_member_count=count, sender_power_level=sender_level,
-                                   power_levels=ctx.power_levels)
+                actions = rulesets[user_id].evaluate(
+                    ev, user_id=user_id, display_name=ctx.joined.get(user_id),
+                    room_member_count=count, sender_power_level=sender_level,
+                    power_levels=ctx.power_levels)
                 if not actions:
                     continue
                 notify, highlight, _ = notification_effect(actions)
@@ -253,12 +259,27 @@ class PushEvaluator:
             node = parent.event if parent is not None else None
         return push_store.MAIN
 
+    def _versions(self, users: set[str]) -> dict[str, int]:
+        """``PushRuleStore.versions``; for a few users (a primary-key lookup each) run inline
+        in this greenlet, which costs less than handing the read to a thread."""
+        if not users or len(users) > INLINE_VERSION_READ:
+            return self.rules.versions(users)
+        ids = list(users)
+        marks = ",".join("?" * len(ids))
+        return self.db.run("push_rules_versions", lambda t: {u: int(v) for u, v in t.query(
+            f"SELECT user_id, version FROM push_rules WHERE user_id IN ({marks})", ids)},
+            inline=True)
+
     def _room_context(self, room_id: str) -> _RoomContext | None:
-        group = push_store.room_state_group(self.db, room_id)
+        """The room's members, names, power levels and create event, read from current
+        state.  Cached until an event of the room with a ``state_key`` passes through here:
+        every state change is such an event, and each one reaches :meth:`_process` (from the
+        hook, or from the store after an overflow or a restart) after it has committed."""
         cached = self._rooms.get(room_id)
-        if cached is not None and cached.group == group and group is not None:
+        if cached is not None:
             self._rooms.move_to_end(room_id)
             return cached
+        group = push_store.room_state_group(self.db, room_id)
         rv = self.events.room_version(room_id)
         if rv is None:
             return None
@@ -288,9 +309,10 @@ class PushEvaluator:
             self._rooms.popitem(last=False)
         return ctx
 
-    def _rulesets_for(self, users: set[str]) -> dict[str, dict[str, Any]]:
-        versions = self.rules.versions(users)
-        out: dict[str, dict[str, Any]] = {}
+    def _rulesets_for(self, users: set[str]) -> dict[str, CompiledRuleset]:
+        """Each user's ruleset, compiled once per version of their stored rules."""
+        versions = self._versions(users)
+        out: dict[str, CompiledRuleset] = {}
         stale = []
         for u in users:
             cached = self._rulesets.get(u)
@@ -300,9 +322,9 @@ class PushEvaluator:
             else:
                 stale.append(u)
         for u, stored in self.rules.get_many(stale).items():
-            merged = stored.merged(u)
-            self._rulesets[u] = (stored.version, merged)
-            out[u] = merged
+            compiled = compile_ruleset(stored.merged(u))
+            self._rulesets[u] = (stored.version, compiled)
+            out[u] = compiled
         while len(self._rulesets) > self._cache_users:
             self._rulesets.popitem(last=False)
         return out

@@ -38,7 +38,18 @@ log = logging.getLogger(__name__)
 MAX_PDU_SIZE = 65536
 MAX_PREV_EVENTS = 10
 
+RECENT_TXNS = 64   # txn ids per room answered from memory (the store knows them all)
+
 PersistedHook = Callable[[str, Sequence[tuple[dict[str, Any], int]]], None]
+TxnKey = tuple[str, str, str]   # (user_id, device_id, txn_id)
+
+
+class _KnownTxns(Exception):
+    """Raised inside the persist transaction: some txn ids of the batch were used before."""
+
+    def __init__(self, found: dict[TxnKey, tuple[str, int]]) -> None:
+        super().__init__(f"{len(found)} txn ids already used")
+        self.found = found
 
 
 @dataclass
@@ -106,6 +117,7 @@ class RoomActor(SupervisedActor):
         self.room_id = room_id
         self.deps = deps
         self.room: _Room | None = None
+        self._recent_txns: dict[TxnKey, tuple[str, int]] = {}  # insertion-ordered, bounded
 
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
@@ -123,6 +135,13 @@ class RoomActor(SupervisedActor):
         self.room = _Room(rv, state_events[create_id], dict(state), state_events,
                           list(info["extremities"]), info["max_depth"],
                           info["current_state_group"])
+
+    def on_stop(self) -> None:
+        """Passivated (or stopped): what this room held is garbage now; give the freed
+        memory back to the OS once a burst of stops has settled."""
+        self.room = None
+        self._recent_txns = {}
+        release_memory_soon()
 
     # ------------------------------------------------------------------ messages
     def handle(self, message: Any) -> Any:
@@ -169,42 +188,60 @@ class RoomActor(SupervisedActor):
 
     # ------------------------------------------------------------------ writing
     def _write(self, sends: list[Send]) -> list[Any]:
+        """Build, authorise and commit ``sends`` together; one result (or error) each.
+
+        Idempotency: a txn id seen by this actor is answered from memory; the others are
+        checked against the store inside the persist transaction (one query for the batch,
+        no extra round trip).  If some were already used (a retry after a restart) the
+        transaction rolls back and the batch is rebuilt without them."""
         room = self._require_room()
-        tentative = room.copy()
-        results: list[Any] = [None] * len(sends)
-        pendings: list[_Pending] = []
-        owners: list[int] = []
-        seen_txns: dict[tuple[str, str, str], int] = {}
-        for i, msg in enumerate(sends):
-            try:
-                if msg.txn is not None:
-                    key = (msg.spec.sender, msg.txn[0], msg.txn[1])
-                    if key in seen_txns:       # the same txn twice in one batch
-                        results[i] = ("dup", seen_txns[key])
-                        continue
-                    earlier = self.deps.events.get_txn_event(
-                        msg.spec.sender, msg.txn[0], self.room_id, msg.txn[1])
-                    if earlier is not None:
-                        se = self.deps.events.get_event(earlier)
-                        results[i] = Sent(earlier, se.stream_ordering if se else 0, True)
-                        continue
-                    seen_txns[key] = i
-                ev = self._build(tentative, msg.spec, msg.redacts)
-                txn_key = (msg.spec.sender, msg.txn[0], msg.txn[1]) if msg.txn else None
-                pendings.append(self._stage(tentative, ev, txn_key))
-                owners.append(i)
-            except MatrixError as e:
-                results[i] = e
-        if pendings:
-            orderings = self._commit(tentative, pendings)
-            for idx, p, so in zip(owners, pendings, orderings):
-                results[idx] = Sent(p.item.event["event_id"], so)
+        known: dict[TxnKey, tuple[str, int]] = {}
+        while True:
+            tentative = room.copy()
+            results: list[Any] = [None] * len(sends)
+            pendings: list[_Pending] = []
+            owners: list[int] = []
+            first_of: dict[TxnKey, int] = {}
+            for i, msg in enumerate(sends):
+                try:
+                    key = (msg.spec.sender, msg.txn[0], msg.txn[1]) if msg.txn else None
+                    if key is not None:
+                        if key in first_of:       # the same txn twice in one batch
+                            results[i] = ("dup", first_of[key])
+                            continue
+                        earlier = self._recent_txns.get(key) or known.get(key)
+                        if earlier is not None:
+                            results[i] = Sent(earlier[0], earlier[1], True)
+                            continue
+                        first_of[key] = i
+                    ev = self._build(tentative, msg.spec, msg.redacts)
+                    pendings.append(self._stage(tentative, ev, key))
+                    owners.append(i)
+                except MatrixError as e:
+                    results[i] = e
+            if pendings:
+                try:
+                    orderings = self._commit(tentative, pendings, check_txns=True)
+                except _KnownTxns as k:
+                    known.update(k.found)
+                    continue
+                for idx, p, so in zip(owners, pendings, orderings):
+                    results[idx] = Sent(p.item.event["event_id"], so)
+            break
         for i, r in enumerate(results):
             if isinstance(r, tuple) and r and r[0] == "dup":
                 first = results[r[1]]
                 results[i] = Sent(first.event_id, first.stream_ordering, True) \
                     if isinstance(first, Sent) else first
         return results
+
+    def _remember_txns(self, pendings: list[_Pending]) -> None:
+        recent = self._recent_txns
+        for p in pendings:
+            if p.item.txn_key is not None:
+                recent[p.item.txn_key] = (p.item.event["event_id"], p.item.stream_ordering)
+        while len(recent) > RECENT_TXNS:
+            del recent[next(iter(recent))]
 
     def _build(self, room: _Room, spec: EventSpec, redacts: str | None) -> dict[str, Any]:
         rv = room.rv
@@ -271,15 +308,25 @@ class RoomActor(SupervisedActor):
 
     def _commit(self, tentative: _Room, pendings: list[_Pending], *,
                 new_room: tuple[str, str | None] | None = None,
-                is_public: bool = False) -> list[int]:
+                is_public: bool = False, check_txns: bool = False) -> list[int]:
         before = self.room.state if self.room is not None else {}
         state_delta = {k: v for k, v in tentative.state.items() if before.get(k) != v}
+        old_group = self.room.group if self.room is not None else None
         delta = RoomDelta(room_id=self.room_id, forward_extremities=list(tentative.extremities),
-                          state_delta=state_delta, current_state_group=tentative.group,
+                          state_delta=state_delta,
+                          # only when it moved: a plain message leaves the rooms row alone
+                          current_state_group=(tentative.group if tentative.group != old_group
+                                               else None),
                           new_room=new_room)
         sg = self.deps.state_groups
+        txn_keys = [p.item.txn_key for p in pendings if p.item.txn_key is not None] \
+            if check_txns else []
 
         def _persist(txn: Txn, orderings: list[int]) -> None:
+            if txn_keys:
+                found = self.deps.events.find_txns_txn(txn, self.room_id, txn_keys)
+                if found:
+                    raise _KnownTxns(found)  # rolls back; the batch is rebuilt without them
             for p, so in zip(pendings, orderings):
                 p.item.stream_ordering = so
             for p in pendings:
@@ -293,6 +340,7 @@ class RoomActor(SupervisedActor):
         with self.deps.events.stream.allocate(len(pendings)) as orderings:
             self.deps.db.run("persist_events", _persist, orderings, write=True)
         self.room = tentative
+        self._remember_txns(pendings)
         persisted = [(p.item.event, p.item.stream_ordering) for p in pendings]
         for hook in self.deps.on_persisted:
             try:
@@ -300,6 +348,35 @@ class RoomActor(SupervisedActor):
             except Exception:
                 log.exception("%s: on_persisted hook failed", self.room_id)
         return orderings
+
+
+_trim_timer: Any = None
+TRIM_EVERY = 1.0   # seconds: at most one trim this often while rooms keep stopping
+
+
+def release_memory_soon(delay: float = TRIM_EVERY) -> None:
+    """Within ``delay`` seconds of a room stopping: collect young cycles and ask glibc to
+    return free heap pages to the OS (``malloc_trim``), so RSS follows the active rooms down
+    instead of staying at its peak.  One pending timer at a time, so a burst of passivations
+    trims about once per ``delay`` and once after the last; a no-op without glibc."""
+    global _trim_timer
+    if _trim_timer is None:
+        import gevent
+
+        _trim_timer = gevent.spawn_later(delay, _release_memory)
+
+
+def _release_memory() -> None:
+    global _trim_timer
+    _trim_timer = None
+    import ctypes
+    import gc
+
+    gc.collect(1)
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def iter_state_events(room: _Room) -> Iterable[dict[str, Any]]:

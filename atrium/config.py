@@ -50,6 +50,17 @@ class ActorConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """In-memory cache bounds (``caches:``); each is a number of entries."""
+
+    events: int = 2000          # events by id (EventStore), ~3.5 KB each
+    state_groups: int = 1000    # resolved state maps (StateGroupStore)
+    push_rooms: int = 500       # push evaluator: members / power levels per room
+    push_rulesets: int = 2000   # push evaluator: compiled push rules per user, ~20 KB each
+    access_tokens: int = 10000  # access token → user/device (AccountStore)
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     server_name: str
@@ -92,6 +103,7 @@ class Config:
     # room directory (Synapse's key names); None = no list configured = allow all
     room_list_publication_rules: tuple["DirectoryRule", ...] | None = None
     alias_creation_rules: tuple["DirectoryRule", ...] | None = None
+    caches: CacheConfig = field(default_factory=CacheConfig)
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -185,6 +197,7 @@ KNOWN_KEYS = {
     "max_image_pixels", "max_pending_media_uploads", "unused_expiration_time",
     "media_upload_limits",
     "alias_creation_rules",
+    "caches",
 }
 
 
@@ -334,7 +347,22 @@ def parse_config(raw: Any, path: str = "<memory>", base_dir: str | None = None) 
         media_upload_limits=_media_upload_limits(raw.get("media_upload_limits") or []),
         room_list_publication_rules=_directory_rules(raw, "room_list_publication_rules"),
         alias_creation_rules=_directory_rules(raw, "alias_creation_rules"),
+        caches=_caches(raw.get("caches")),
     )
+
+
+def _caches(v: Any) -> CacheConfig:
+    if v is None:
+        return CacheConfig()
+    if not isinstance(v, dict):
+        raise ConfigError("config key 'caches' must be a mapping")
+    d = CacheConfig()
+    names = ("events", "state_groups", "push_rooms", "push_rulesets", "access_tokens")
+    for k in v:
+        if k not in names:
+            log.warning("unknown config key 'caches.%s' ignored", k)
+    return CacheConfig(**{k: _num(f"caches.{k}", v.get(k, getattr(d, k)), minimum=0,
+                                  integer=True) for k in names})
 
 
 def _media_upload_limits(v: Any) -> tuple[tuple[float, int], ...]:

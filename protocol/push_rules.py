@@ -11,8 +11,9 @@ content, the user's display name there) is passed in by the caller.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from protocol.push_rules_defaults import (
     MASTER_RULE_ID,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from store.database import Database, IntegrityError, Txn
+from store.token_cache import TokenCache
 
 #: UIA sessions older than this are purged (and their registration-token reservations freed).
 UIA_SESSION_LIFETIME_MS = 24 * 3600 * 1000
@@ -104,14 +105,25 @@ UserHook = Callable[[Txn, str], None]
 
 
 class AccountStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, token_cache_size: int = 10_000) -> None:
         self.db = db
         self.on_devices_deleted: list[DeviceHook] = []
         self.on_user_deactivated: list[UserHook] = []
+        self.tokens = TokenCache(token_cache_size)
+
+    def _forget_tokens_after_commit(self, txn: Txn, user_id: str) -> None:
+        """Drop ``user_id``'s cached tokens once ``txn`` has committed.  A lookup that read
+        the old row concurrently either stored it before this (dropped here) or sees the
+        bumped generation and does not store it."""
+        txn.call_after_commit(lambda: self.tokens.drop_user(user_id))
 
     # -- tokens --------------------------------------------------------------------------
     def get_token(self, token: str) -> TokenInfo | None:
         th = hash_token(token)
+        cached = self.tokens.get(th)
+        if cached is not None:
+            return cached
+        generation = self.tokens.generation
 
         def _q(txn: Txn) -> tuple[TokenInfo, bool] | None:
             r = txn.query_one(
@@ -124,19 +136,31 @@ class AccountStore:
             info = TokenInfo(r[0], r[1], bool(r[2]), bool(r[3]), bool(r[4]), r[5], th)
             return info, bool(r[6] is not None and not r[7])
 
-        found = self.db.run("get_token", _q)
+        found = self.db.run("get_token", _q, inline=True)  # one primary-key lookup
         if found is None:
             return None
         info, first_use_of_refreshed = found
         if first_use_of_refreshed:
             # the first use of a refreshed access token retires the refresh token before it
-            self.db.run("mark_token_used", _mark_used, th, write=True)
+            # (and the access tokens issued with that one)
+            def _t(txn: Txn) -> None:
+                _mark_used(txn, th)
+                self._forget_tokens_after_commit(txn, info.user_id)
+
+            self.db.run("mark_token_used", _t, write=True)
+            return info
+        self.tokens.put(info, generation)
         return info
 
     def refresh(self, refresh_token: str, lifetime_ms: int | None) -> Session | None:
         """Rotate a refresh token (spec: "Refreshing access tokens"); None if not valid."""
-        return self.db.run("refresh", _refresh, hash_token(refresh_token), lifetime_ms,
-                           write=True)
+        def _t(txn: Txn) -> Session | None:
+            session = _refresh(txn, hash_token(refresh_token), lifetime_ms)
+            if session is not None:
+                self._forget_tokens_after_commit(txn, session.user_id)
+            return session
+
+        return self.db.run("refresh", _t, write=True)
 
     def logout(self, token_hash: str) -> None:
         """Invalidate one access token and delete its device (spec: POST /logout)."""
@@ -146,6 +170,7 @@ class AccountStore:
             if r is None:
                 return
             txn.execute("DELETE FROM access_tokens WHERE token_hash = ?", (token_hash,))
+            self._forget_tokens_after_commit(txn, r[0])
             if r[1] is not None:
                 self._delete_devices(txn, r[0], [r[1]])
 
@@ -155,6 +180,7 @@ class AccountStore:
         def _t(txn: Txn) -> None:
             self._delete_devices(txn, user_id, _device_ids(txn, user_id))
             txn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
+            self._forget_tokens_after_commit(txn, user_id)
 
         self.db.run("logout_all", _t, write=True)
 
@@ -199,7 +225,12 @@ class AccountStore:
 
     def login(self, user_id: str, login: LoginRequest) -> Session:
         """Create (or reuse) the device and issue tokens; old tokens of a reused device die."""
-        return self.db.run("login", _issue, user_id, login, write=True)
+        def _t(txn: Txn) -> Session:
+            session = _issue(txn, user_id, login)
+            self._forget_tokens_after_commit(txn, user_id)  # a reused device's tokens died
+            return session
+
+        return self.db.run("login", _t, write=True)
 
     def set_password(self, user_id: str, password_hash: str, *, keep_device: str | None,
                      logout_devices: bool, uia_session: str | None = None) -> None:
@@ -212,6 +243,7 @@ class AccountStore:
                 self._delete_devices(txn, user_id, others)
                 if keep_device is None:
                     txn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
+                self._forget_tokens_after_commit(txn, user_id)
             if uia_session is not None:
                 _finish_uia(txn, uia_session)
 
@@ -225,6 +257,7 @@ class AccountStore:
             self._delete_devices(txn, user_id, _device_ids(txn, user_id))
             txn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
             txn.execute("DELETE FROM refresh_tokens WHERE user_id = ?", (user_id,))
+            self._forget_tokens_after_commit(txn, user_id)
             txn.execute("UPDATE profiles SET displayname = NULL, avatar_url = NULL"
                         " WHERE user_id = ?", (user_id,))
             for hook in self.on_user_deactivated:
@@ -278,6 +311,7 @@ class AccountStore:
             txn.execute("DELETE FROM refresh_tokens WHERE user_id = ? AND device_id = ?",
                         (user_id, d))
             txn.execute("DELETE FROM devices WHERE user_id = ? AND device_id = ?", (user_id, d))
+        self._forget_tokens_after_commit(txn, user_id)
         for hook in self.on_devices_deleted:
             hook(txn, user_id, list(device_ids))
 

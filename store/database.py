@@ -15,7 +15,10 @@ COMMIT, which is what lets the web layer say 200 (ARCHITECTURE invariant 3).
 
 SQLite (the embedded default, through sqlite-utils): WAL, ``synchronous=FULL``; one writer
 connection behind a lock, a small pool of reader connections; under gevent each interaction
-runs in gevent's thread pool so a slow statement never stalls the other greenlets.
+runs in gevent's thread pool so a slow statement never stalls the other greenlets.  Write
+interactions that queue up behind the writer (rooms committing concurrently, the push
+evaluator) are committed together: one transaction, one fsync, a SAVEPOINT per interaction so
+one that fails rolls back alone (see :meth:`SqliteDatabase._run_group`).
 PostgreSQL (psycopg 3, imported after gevent's patch so it waits cooperatively): a bounded
 pool of connections, interactions run in the calling greenlet.
 """
@@ -27,6 +30,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -106,7 +110,12 @@ class Database:
 
     engine: str
 
-    def run(self, name: str, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
+    def run(self, name: str, fn: Callable[..., T], *args: Any, write: bool = False,
+            inline: bool = False) -> T:
+        """Run ``fn(txn, *args)`` as one transaction.  ``inline`` (reads only) promises a
+        tiny read — a few primary-key lookups — that may run in the calling greenlet instead
+        of a thread, saving the hand-off; meanwhile every other greenlet waits, so never use
+        it for a scan."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -135,29 +144,51 @@ def _translate_sqlite_error(e: sqlite3.Error) -> DatabaseError:
     return DatabaseError(str(e))
 
 
+class _Write:
+    """One write interaction waiting for (or done by) a group commit."""
+
+    __slots__ = ("name", "fn", "args", "done", "result", "txn", "error")
+
+    def __init__(self, name: str, fn: Callable[..., Any], args: tuple) -> None:
+        self.name, self.fn, self.args = name, fn, args
+        self.done = False
+        self.result: Any = None
+        self.txn: Txn | None = None
+        self.error: BaseException | None = None
+
+
 class SqliteDatabase(Database):
     """SQLite in WAL mode: one writer connection, a few readers (sqlite-utils for set-up)."""
 
     engine = SQLITE
+    #: most write interactions committed in one transaction
+    max_group = 64
 
-    def __init__(self, path: str, *, readers: int = 4) -> None:
+    def __init__(self, path: str, *, readers: int = 4, synchronous: str = "FULL") -> None:
         import sqlite_utils
 
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         self.path = path
+        self.synchronous = synchronous.upper()
         self._use_pool = _gevent_patched()
         self._writer = self._connect()
         sqlite_utils.Database(self._writer).enable_wal()
         self._write_lock = threading.Lock()  # cooperative once gevent has patched threading
+        self._pending: deque[_Write] = deque()
         self._readers: queue.Queue[sqlite3.Connection] = queue.Queue()
         for _ in range(readers):
             self._readers.put(self._connect())
         self._closed = False
+        self.groups = 0            # transactions committed by the writer (stats, tests)
+        self.grouped = 0           # interactions that shared a transaction with another
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")  # a 200 means on disk, even on power loss
+        # FULL (the default): a 200 means on disk, even on power loss.  NORMAL is opt-in.
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
         return conn
@@ -176,28 +207,131 @@ class SqliteDatabase(Database):
         cur.execute("COMMIT")
         return result, txn
 
-    def _dispatch(self, conn: sqlite3.Connection, name: str, fn: Callable[..., T],
-                  args: tuple, write: bool) -> tuple[T, Txn]:
-        if self._use_pool:
-            import gevent
+    def _run_group(self, group: list[_Write]) -> None:
+        """Run ``group`` on the writer in one transaction, a SAVEPOINT per interaction: a
+        failing interaction rolls back to its savepoint (its own writes only) and gets its
+        error; the others commit together.  Should the transaction itself be lost (COMMIT
+        fails, or SQLite rolled everything back), each interaction not yet failed is run
+        again alone, so every caller gets the outcome of its own transaction."""
+        conn = self._writer
+        if len(group) == 1:
+            w = group[0]
+            try:
+                w.result, w.txn = self._interact(conn, w.name, w.fn, w.args, True)
+            except BaseException as e:
+                w.error = e
+            return
+        cur = conn.cursor()
+        intact = True
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            for w in group:
+                txn = Txn(SQLITE, cur, w.name)
+                cur.execute("SAVEPOINT atrium_write")
+                try:
+                    w.result = w.fn(txn, *w.args)
+                except BaseException as e:
+                    w.error = e
+                    if not conn.in_transaction:
+                        intact = False
+                        break
+                    cur.execute("ROLLBACK TO atrium_write")
+                    cur.execute("RELEASE atrium_write")
+                    continue
+                cur.execute("RELEASE atrium_write")
+                w.txn = txn
+            if intact:
+                cur.execute("COMMIT")
+        except sqlite3.Error:
+            intact = False
+        if intact:
+            return
+        if conn.in_transaction:
+            cur.execute("ROLLBACK")
+        for w in group:
+            if w.error is not None:
+                continue  # failed on its own: its outcome stands
+            w.result, w.txn = None, None
+            try:
+                w.result, w.txn = self._interact(conn, w.name, w.fn, w.args, True)
+            except BaseException as e:
+                w.error = e
 
-            return gevent.get_hub().threadpool.apply(
-                self._interact, (conn, name, fn, args, write))
-        return self._interact(conn, name, fn, args, write)
+    def _write(self, name: str, fn: Callable[..., T], args: tuple) -> tuple[T, Txn]:
+        """Queue the interaction; whoever holds the writer runs what is queued, in groups of
+        at most :attr:`max_group`, until its own interaction is done."""
+        me = _Write(name, fn, args)
+        self._pending.append(me)
+        try:
+            with self._write_lock:
+                while not me.done:
+                    group: list[_Write] = []
+                    while self._pending and len(group) < self.max_group:
+                        group.append(self._pending.popleft())
+                    try:
+                        self._run_on_writer(group)
+                    finally:
+                        self.groups += 1
+                        if len(group) > 1:
+                            self.grouped += len(group)
+                        for w in group:
+                            if w.txn is None and w.error is None:
+                                w.error = DatabaseError(f"{w.name}: write was not run")
+                            w.done = True
+        except BaseException:
+            if not me.done:  # the caller gave up (killed) before its write started
+                try:
+                    self._pending.remove(me)
+                except ValueError:
+                    pass
+            raise
+        if me.error is not None:
+            raise me.error
+        assert me.txn is not None
+        return me.result, me.txn
 
-    def run(self, name: str, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
+    def _run_on_writer(self, group: list[_Write]) -> None:
+        """``_run_group`` in gevent's thread pool.  If this greenlet is interrupted meanwhile,
+        wait for the thread anyway (the writer connection must not be shared, and the group's
+        outcomes must be known), then re-raise the interruption."""
+        if not self._use_pool:
+            self._run_group(group)
+            return
+        import gevent
+
+        job = gevent.get_hub().threadpool.spawn(self._run_group, group)
+        interrupted: BaseException | None = None
+        while not job.ready():
+            try:
+                job.wait()
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                interrupted = e
+        job.get()
+        if interrupted is not None:
+            raise interrupted
+
+    def _read(self, name: str, fn: Callable[..., T], args: tuple,
+              inline: bool = False) -> tuple[T, Txn]:
+        conn = self._readers.get()
+        try:
+            if self._use_pool and not inline:
+                import gevent
+
+                return gevent.get_hub().threadpool.apply(
+                    self._interact, (conn, name, fn, args, False))
+            return self._interact(conn, name, fn, args, False)
+        finally:
+            self._readers.put(conn)
+
+    def run(self, name: str, fn: Callable[..., T], *args: Any, write: bool = False,
+            inline: bool = False) -> T:
         if self._closed:
             raise DatabaseError("database is closed")
         try:
             if write:
-                with self._write_lock:
-                    result, txn = self._dispatch(self._writer, name, fn, args, True)
+                result, txn = self._write(name, fn, args)
             else:
-                conn = self._readers.get()
-                try:
-                    result, txn = self._dispatch(conn, name, fn, args, False)
-                finally:
-                    self._readers.put(conn)
+                result, txn = self._read(name, fn, args, inline)
         except sqlite3.Error as e:
             raise _translate_sqlite_error(e) from e
         self._finish(txn)
@@ -263,7 +397,8 @@ class PostgresDatabase(Database):
             else:
                 self._idle.put(conn)
 
-    def run(self, name: str, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
+    def run(self, name: str, fn: Callable[..., T], *args: Any, write: bool = False,
+            inline: bool = False) -> T:
         if self._closed:
             raise DatabaseError("database is closed")
         psycopg = self._psycopg
@@ -316,7 +451,8 @@ def open_database(name: str, args: dict[str, Any], *, migrate: bool = True) -> D
         path = args["database"]
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        db = SqliteDatabase(path)
+        # synchronous: FULL unless the operator opts into less (database.args.synchronous)
+        db = SqliteDatabase(path, synchronous=str(args.get("synchronous", "FULL")))
     else:
         db = PostgresDatabase(postgres_conninfo(args), min_size=int(args.get("cp_min", 1)),
                               max_size=int(args.get("cp_max", 10)), schema=args.get("schema"))

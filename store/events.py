@@ -68,13 +68,15 @@ class RoomDelta:
     new_room: tuple[str, str | None] | None = None    # (room_version, creator) on create
 
 
+ROOM_VERSION_CACHE = 50_000   # room id → version (immutable), ~120 bytes an entry
+
 _COLS = ("stream_ordering, event_id, room_id, json, outlier, rejection, soft_failed,"
          " redacted_by, state_group, txn_device, txn_id")
 
 
 class EventStore:
     def __init__(self, db: Database, state_groups: StateGroupStore,
-                 cache_size: int = 20000) -> None:
+                 cache_size: int = 2000) -> None:
         self.db = db
         self.state_groups = state_groups
         self.stream = StreamIdGenerator(db, "events", "stream_ordering")
@@ -179,11 +181,13 @@ class EventStore:
         rv = self._room_versions.get(room_id)
         if rv is None:
             v = self.db.run("room_version", lambda t: t.query_value(
-                "SELECT room_version FROM rooms WHERE room_id = ?", (room_id,)))
+                "SELECT room_version FROM rooms WHERE room_id = ?", (room_id,)), inline=True)
             if v is None:
                 return None
             rv = KNOWN_ROOM_VERSIONS[v]
             self._room_versions[room_id] = rv
+            if len(self._room_versions) > ROOM_VERSION_CACHE:  # drop the oldest entry
+                del self._room_versions[next(iter(self._room_versions))]
         return rv
 
     def _row_to_stored(self, r: tuple) -> StoredEvent:
@@ -197,10 +201,12 @@ class EventStore:
         ids = list(dict.fromkeys(event_ids))
         out: dict[str, StoredEvent] = {}
         missing = []
+        cache = self._cache
         for eid in ids:
-            se = self._cache.get(eid)
+            se = cache.get(eid)
             if se is not None:
                 out[eid] = se
+                cache.move_to_end(eid)
             else:
                 missing.append(eid)
         if missing:
@@ -224,7 +230,7 @@ class EventStore:
 
     def _remember(self, se: StoredEvent) -> None:
         self._cache[se.event_id] = se
-        if len(self._cache) > self._cache_size:
+        while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
     def visible_form(self, se: StoredEvent, rv: RoomVersion) -> dict[str, Any]:
@@ -262,6 +268,26 @@ class EventStore:
         return self.db.run("current_state", lambda t: {(ty, k): e for ty, k, e in t.query(
             "SELECT type, state_key, event_id FROM current_state WHERE room_id = ?",
             (room_id,))})
+
+    @staticmethod
+    def find_txns_txn(txn: Txn, room_id: str, keys: Sequence[tuple[str, str, str]]
+                      ) -> dict[tuple[str, str, str], tuple[str, int]]:
+        """Inside a transaction: which of ``keys`` ((user_id, device_id, txn_id)) already
+        produced an event in ``room_id`` → (event_id, stream_ordering); one query a chunk."""
+        out: dict[tuple[str, str, str], tuple[str, int]] = {}
+        for i in range(0, len(keys), 100):
+            chunk = keys[i:i + 100]
+            where = " OR ".join(["(t.user_id = ? AND t.device_id = ? AND t.txn_id = ?)"]
+                                * len(chunk))
+            params: list[Any] = [room_id]
+            for k in chunk:
+                params.extend(k)
+            for u, d, x, eid, so in txn.query(
+                    "SELECT t.user_id, t.device_id, t.txn_id, t.event_id, e.stream_ordering"
+                    " FROM event_txns t LEFT JOIN events e ON e.event_id = t.event_id"
+                    f" WHERE t.room_id = ? AND ({where})", params):
+                out[(u, d, x)] = (eid, int(so or 0))
+        return out
 
     def get_txn_event(self, user_id: str, device_id: str, room_id: str,
                       txn_id: str) -> str | None:

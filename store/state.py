@@ -17,7 +17,7 @@ SNAPSHOT_EVERY = 50
 
 
 class StateGroupStore:
-    def __init__(self, db: Database, cache_size: int = 2000) -> None:
+    def __init__(self, db: Database, cache_size: int = 1000) -> None:
         self.db = db
         self.ids = StreamIdGenerator(db, "state_groups", "id")
         self._cache: OrderedDict[int, dict[StateKey, str]] = OrderedDict()

@@ -61,7 +61,9 @@ def register(app: Any, runtime: Any) -> None:
                         max_restarts=a.max_restarts, restart_window=a.restart_window)
     evaluator = PushEvaluator(db, rooms.events, rules, config.server_name,
                               on_notify=sender.wake,
-                              max_pending=int(cfg.get("evaluator_queue", 10_000)))
+                              max_pending=int(cfg.get("evaluator_queue", 10_000)),
+                              cache_rooms=config.caches.push_rooms,
+                              cache_users=config.caches.push_rulesets)
     svc = PushService(config=config, db=db, rules=rules, pushers=pusher_store,
                       evaluator=evaluator, sender=sender,
                       users=runtime.parts["sync"].supervisor, rooms=rooms,

@@ -28,8 +28,8 @@ class RoomService:
     def __init__(self, config: Config, db: Database, signing_key: Any, tracer: Tracer) -> None:
         self.config = config
         self.db = db
-        self.state_groups = StateGroupStore(db)
-        self.events = EventStore(db, self.state_groups)
+        self.state_groups = StateGroupStore(db, cache_size=config.caches.state_groups)
+        self.events = EventStore(db, self.state_groups, cache_size=config.caches.events)
         self._last_create_ts = 0
         self.on_persisted: list[Callable[[str, Sequence[tuple[dict[str, Any], int]]], None]] = []
         self.deps = RoomDeps(db=db, events=self.events, state_groups=self.state_groups,

@@ -97,3 +97,37 @@ def test_txn_idempotent_across_actor_restart(app):
     svc.supervisor.inject_fault(room_id, "crash", 1)
     alice.send(room_id, txn="boom", status=500)
     assert alice.send(room_id, txn="t-restart")["event_id"] == a
+
+
+def _txn_msg(sender, body, txn_id):
+    return Send(EventSpec("m.room.message", sender, {"msgtype": "m.text", "body": body}),
+                txn=("DEV", txn_id))
+
+
+def test_batch_with_a_stored_txn_is_rebuilt_without_it(app):
+    """After a restart the actor no longer remembers txn ids: a batch mixing a retry with
+    new sends rolls back once, answers the retry with the stored event, commits the rest."""
+    alice = user(app, "alice")
+    room_id = alice.create_room()
+    svc = _svc(app)
+    old = svc.supervisor.ask(room_id, _txn_msg(alice.user_id, "old", "t1"))
+    svc.supervisor.inject_fault(room_id, "crash", 1)
+    with pytest.raises(ActorFailed):
+        svc.supervisor.ask(room_id, _msg(alice.user_id, "boom"))
+    calls = _count_persists(svc)
+    msgs = [_txn_msg(alice.user_id, "new-a", "t2"), _txn_msg(alice.user_id, "retry", "t1"),
+            _txn_msg(alice.user_id, "new-a again", "t2"), _txn_msg(alice.user_id, "b", "t3")]
+    jobs = [gevent.spawn(svc.supervisor.ask, room_id, m) for m in msgs]
+    gevent.joinall(jobs, raise_error=True)
+    a, retry, a_again, b = (j.value for j in jobs)
+    assert retry.event_id == old.event_id and retry.stream_ordering == old.stream_ordering
+    assert a_again.event_id == a.event_id and a.event_id != b.event_id
+    assert len(calls) <= 3  # at most: the first send, a rolled-back batch, its rebuild
+    events = svc.events.get_events([a.event_id, b.event_id])
+    assert events[a.event_id].event["content"]["body"] == "new-a"
+    assert events[b.event_id].event["prev_events"] == [a.event_id]
+    # and now from memory: no store round trip at all
+    calls.clear()
+    assert svc.supervisor.ask(room_id, _txn_msg(alice.user_id, "x", "t3")).event_id \
+        == b.event_id
+    assert calls == []
