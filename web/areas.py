@@ -14,7 +14,8 @@ def register_all(app: Flask, runtime: Any) -> None:
     from web import account, devices, login, profile, register, synapse_admin  # accounts
     from web.uia import InteractiveAuth  # accounts
 
-    runtime.parts["accounts"] = AccountStore(runtime.db)
+    runtime.parts["accounts"] = AccountStore(
+        runtime.db, token_cache_size=runtime.config.caches.access_tokens)
     runtime.parts["uia"] = InteractiveAuth(runtime.parts["accounts"], runtime.config)  # accounts
     discovery.register(app, runtime)
     for accounts_area in (register, login, account, devices, profile, synapse_admin):
@@ -72,6 +73,7 @@ def _register_sync(app: Flask, runtime: Any) -> None:
     accounts.on_devices_deleted.append(ToDeviceStore.delete_for_devices)
     accounts.on_devices_deleted.append(svc.device_lists.devices_deleted_hook)
     runtime.shutdown_hooks.append(svc.shutdown)
+    runtime.drain_hooks.append(svc.notifier.close)
     for area in (sync, filters, typing, receipts, account_data, presence, to_device):
         area.register(app, runtime)
     svc.sweep_presence()
