@@ -18,13 +18,33 @@ accesslog = None
 control_socket_disable = True  # gunicorn 27 opens ~/.gunicorn/ by default; not needed
 
 
-def worker_exit(server, worker):  # noqa: ARG001
-    """Stop the room actors first, then what flushes to the store, then the store."""
+def _runtime():
     import sys
 
     web = sys.modules.get("web")
     app = getattr(web, "__dict__", {}).get("app") if web else None
-    if app is not None:
-        from web.app import runtime_of
+    if app is None:
+        return None
+    from web.app import runtime_of
 
-        runtime_of(app).shutdown()
+    return runtime_of(app)
+
+
+def post_worker_init(worker):
+    """On SIGTERM, release waiting /sync long-polls and idle keep-alive connections at once,
+    so a graceful stop lasts as long as the real work in flight (atrium/graceful.py)."""
+    from atrium.graceful import install
+
+    def begin_shutdown():
+        runtime = _runtime()
+        if runtime is not None:
+            runtime.begin_shutdown()
+
+    install(worker, begin_shutdown)
+
+
+def worker_exit(server, worker):  # noqa: ARG001
+    """Stop the room actors first, then what flushes to the store, then the store."""
+    runtime = _runtime()
+    if runtime is not None:
+        runtime.shutdown()

@@ -39,6 +39,16 @@ class Runtime:
     ratelimiter: Ratelimiter
     parts: dict[str, Any] = field(default_factory=dict)
     shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
+    #: run as soon as shutdown begins, while in-flight requests may still finish (e.g. release
+    #: waiting /sync long-polls so a graceful stop does not wait out their timeouts)
+    drain_hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    def begin_shutdown(self) -> None:
+        for hook in self.drain_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("drain hook failed")
 
     def shutdown(self) -> None:
         """Stop actors first, then whatever flushes to the store, then the store."""

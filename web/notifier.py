@@ -83,6 +83,11 @@ class Notifier:
             if not ws:
                 del self._waiters[w.user_id]
 
+    @property
+    def closed(self) -> bool:
+        """True once shutdown has begun: waiting /syncs answer at once."""
+        return self._closed
+
     def waiting(self) -> int:
         return sum(len(ws) for ws in self._waiters.values())
 

@@ -100,8 +100,8 @@ def sync_wait(svc: Any, user_id: str, device_id: str | None, since: SyncToken | 
                     body["device_unused_fallback_key_types"])
             del body
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not waiter.wait(remaining):
-                return _empty_body(*kept)
+            if remaining <= 0 or not waiter.wait(remaining) or svc.notifier.closed:
+                return _empty_body(*kept)  # timed out, or the server is shutting down
     finally:
         if waiter is not None:
             svc.notifier.unregister(waiter)
