@@ -248,6 +248,7 @@ class RoomActor(SupervisedActor):
         content = spec.content
         if not isinstance(content, Mapping):
             raise MatrixError(400, "M_BAD_JSON", "Event content must be a JSON object")
+        _check_indexed_strings(spec, redacts)
         content = self._prepare_content(room, spec)
         types = auth_types_for_event(rv, spec.type, spec.sender, spec.state_key, content)
         auth_ids = [room.state[k] for k in sorted(types) if k in room.state]
@@ -377,6 +378,19 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def _check_indexed_strings(spec: EventSpec, redacts: str | None) -> None:
+    """The strings the store copies into indexed columns (type, state key, membership,
+    relation targets) must be storable text on both engines: no NUL (PostgreSQL refuses
+    it).  A bad one is the client's error, not a reason for the room to crash."""
+    rel = spec.content.get("m.relates_to") if isinstance(spec.content, Mapping) else None
+    values = [spec.type, spec.state_key, redacts, spec.content.get("membership")]
+    if isinstance(rel, Mapping):
+        values += [rel.get("event_id"), rel.get("rel_type"), rel.get("key")]
+    for v in values:
+        if isinstance(v, str) and "\x00" in v:
+            raise MatrixError(400, "M_BAD_JSON", "NUL characters are not allowed here")
 
 
 def iter_state_events(room: _Room) -> Iterable[dict[str, Any]]:

@@ -112,7 +112,10 @@ class EventStore:
                                 it.stream_ordering))
             rel = ev.get("content", {}).get("m.relates_to")
             if isinstance(rel, dict) and isinstance(rel.get("event_id"), str) \
-                    and isinstance(rel.get("rel_type"), str):
+                    and isinstance(rel.get("rel_type"), str) and not any(
+                        "\x00" in v for v in (rel["event_id"], rel["rel_type"],
+                                              rel.get("key") or "")
+                        if isinstance(v, str)):
                 key = rel.get("key") if isinstance(rel.get("key"), str) else None
                 relations.append((eid, rel["event_id"], rel["rel_type"], key, room_id,
                                   ev["sender"], ev["type"], it.stream_ordering))

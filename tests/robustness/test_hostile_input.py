@@ -666,12 +666,6 @@ def test_rejected_state_and_account_writes_leave_nothing(world: World) -> None:
 
 # -- bugs behind the web layer (files owned elsewhere) -----------------------------------
 
-@pytest.mark.xfail(engine_under_test() == "postgres", strict=True,
-                   reason="store/events.py persist() copies m.relates_to event_id/rel_type/key "
-                          "into text columns; a NUL there is a psycopg DataError on "
-                          "PostgreSQL, the room actor crashes (500, and parking after "
-                          "repeated crashes). The web layer now rejects it (web/room_events.py)"
-                          "; the actor/store should too.")
 def test_room_actor_survives_nul_in_relation_fields(world: World) -> None:
     from actors.room_messages import EventSpec
     from atrium.errors import MatrixError
