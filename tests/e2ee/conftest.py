@@ -4,11 +4,11 @@ Flask test client per device that can make real ed25519-signed device and cross-
 keys (the keys are real; the clients never encrypt anything, the server never could)."""
 import pytest
 
-from atrium.config import parse_config
+from tests.apps import app_factory
+
 from protocol.signing import encode_verify_key_base64, generate_signing_key, get_verify_key, sign_json
 from store.accounts import hash_token
-from store.testing import database_config, drop_schema
-from web.app import create_app, runtime_of
+from web.app import runtime_of
 from web.uia import hash_password
 
 V = "/_matrix/client/v3"
@@ -111,24 +111,7 @@ class CrossSigning:
 
 @pytest.fixture
 def hs(tmp_path):
-    made = []
-
-    def _make(**overrides):
-        dbcfg, schema = database_config(str(tmp_path))
-        raw = {"server_name": "test.local", "bcrypt_rounds": 4, "database": dbcfg,
-               "signing_key_path": str(tmp_path / "signing.key"),
-               "media_store_path": str(tmp_path / "media"),
-               "rc_message": GENEROUS, "rc_joins": {"local": GENEROUS},
-               "rc_invites": {"per_room": GENEROUS, "per_user": GENEROUS}}
-        raw.update(overrides)
-        app = create_app(parse_config(raw, str(tmp_path / "homeserver.yaml")))
-        made.append((app, schema))
-        return app
-
-    yield _make
-    for app, schema in made:
-        runtime_of(app).shutdown()
-        drop_schema(schema)
+    yield from app_factory(tmp_path)
 
 
 _PW_HASH = {}

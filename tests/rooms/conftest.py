@@ -1,9 +1,9 @@
 import pytest
 
-from atrium.config import parse_config
+from tests.apps import app_factory
+
 from store.accounts import hash_token
-from store.testing import database_config, drop_schema
-from web.app import create_app, runtime_of
+from web.app import runtime_of
 
 
 class Client:
@@ -39,26 +39,7 @@ class Client:
 
 @pytest.fixture
 def hs(tmp_path):
-    made = []
-
-    def _make(**overrides):
-        dbcfg, schema = database_config(str(tmp_path))
-        raw = {"server_name": "test.local", "bcrypt_rounds": 4, "database": dbcfg,
-               "signing_key_path": str(tmp_path / "signing.key"),
-               "media_store_path": str(tmp_path / "media"),
-               "rc_message": {"per_second": 1000, "burst_count": 1000},
-               "rc_joins": {"local": {"per_second": 1000, "burst_count": 1000}},
-               "rc_invites": {"per_room": {"per_second": 1000, "burst_count": 1000},
-                              "per_user": {"per_second": 1000, "burst_count": 1000}}}
-        raw.update(overrides)
-        app = create_app(parse_config(raw, str(tmp_path / "homeserver.yaml")))
-        made.append((app, schema))
-        return app
-
-    yield _make
-    for app, schema in made:
-        runtime_of(app).shutdown()
-        drop_schema(schema)
+    yield from app_factory(tmp_path)
 
 
 def user(app, localpart, *, admin=False):
