@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import rooms_send as rs  # noqa: E402
+import harness as rs  # noqa: E402
 from protocol.signing import (encode_verify_key_base64, generate_signing_key,  # noqa: E402
                               get_verify_key, sign_json)
 from store.testing import database_config, drop_schema, test_engine  # noqa: E402

@@ -28,34 +28,27 @@ against the Atrium worker during phase 2 and prints where the time goes.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import quote
-
-import yaml
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import synapse_peer  # noqa: E402
+from harness import (Client, Server, cpu_seconds, pct, rss_mb,  # noqa: E402
+                     start_atrium, start_synapse)
+from profiling import profile  # noqa: E402
 
-GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 CLIENTS = 8
-OFF = {"per_second": 1_000_000, "burst_count": 1_000_000}
 TARGETS = {  # Atrium's targets on this 2-core machine with SQLite (issue 4)
     "seq_rate": 300.0,
     "one_room_rate": 600.0,
@@ -63,220 +56,6 @@ TARGETS = {  # Atrium's targets on this 2-core machine with SQLite (issue 4)
     "idle_rss_mb": 80.0,
     "after_rss_over_idle_mb": 50.0,
 }
-
-
-# ----------------------------------------------------------------------------- /proc
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(d))
-    return out
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
-
-
-def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# ----------------------------------------------------------------------------- servers
-
-
-@dataclass
-class Server:
-    """A server under test: where it listens, which processes are it, how to stop it."""
-
-    name: str
-    base_url: str
-    pids: Callable[[], list[int]]        # every process of the server (CPU)
-    main_pid: Callable[[], int]          # the process that holds the rooms (RSS)
-    register: Callable[..., dict[str, Any]]
-    stop: Callable[[], None]
-    idle_rooms: Callable[[str], int | None] = lambda token: None  # live room actors
-
-
-def start_atrium(workdir: Path, idle_timeout: str) -> Server:
-    from atrium.cli import register_user
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    secret = "bench-secret"
-    config = {
-        "server_name": "bench.local", "public_baseurl": "http://127.0.0.1/",
-        "database": {"name": "sqlite3", "args": {"database": str(workdir / "atrium.db")}},
-        "signing_key_path": str(workdir / "signing.key"),
-        "media_store_path": str(workdir / "media"),
-        "registration_shared_secret": secret, "bcrypt_rounds": 4,
-        "rc_message": OFF, "rc_registration": OFF,
-        "rc_login": {"address": OFF, "account": OFF, "failed_attempts": OFF},
-        "rc_joins": {"local": OFF, "remote": OFF},
-        "rc_invites": {"per_room": OFF, "per_user": OFF}, "rc_admin_redaction": OFF,
-        "actors": {"idle_timeout": idle_timeout},
-        "log_level": "WARNING",
-    }
-    cfg_path = workdir / "homeserver.yaml"
-    cfg_path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    env = dict(os.environ, ATRIUM_CONFIG=str(cfg_path), ATRIUM_BIND=f"127.0.0.1:{port}")
-    log = open(workdir / "server.log", "ab")
-    proc = subprocess.Popen([GUNICORN, "-c", str(ROOT / "gunicorn.conf.py"), "-k", "gevent",
-                             "web:app"], cwd=str(ROOT), env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-
-    def pids() -> list[int]:
-        return [proc.pid, *children_of(proc.pid)]
-
-    def worker() -> int:
-        kids = children_of(proc.pid)
-        return kids[0] if kids else proc.pid
-
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-
-    def idle_rooms(token: str) -> int | None:
-        body = http_json("GET", base, "/_atrium/admin/v1/actors?limit=1", token)
-        return int(body["rooms"]["stats"]["children"])
-
-    wait_ready(base, proc, workdir / "server.log")
-    return Server("Atrium", base, pids, worker,
-                  lambda u, p, admin=False: register_user(base, secret, u, p, admin=admin),
-                  stop, idle_rooms)
-
-
-def start_synapse(workdir: Path) -> Server:
-    s = synapse_peer.start(workdir, free_port())
-    return Server(f"Synapse {synapse_peer.synapse_version()}", s.base_url,
-                  lambda: [s.process.pid, *children_of(s.process.pid)],
-                  lambda: s.process.pid, s.register, s.stop)
-
-
-def wait_ready(base: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited ({proc.returncode}); log: {log}")
-        try:
-            http_json("GET", base, "/_matrix/client/versions", None)
-            return
-        except (OSError, RuntimeError, http.client.HTTPException):
-            time.sleep(0.1)
-    raise RuntimeError(f"server not ready within {timeout}s; log: {log}")
-
-
-# ----------------------------------------------------------------------------- HTTP
-
-
-def http_json(method: str, base: str, path: str, token: str | None, body: Any = None,
-              timeout: float = 30) -> Any:
-    host, port = base.split("//", 1)[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        headers = {"Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        conn.request(method, path, json.dumps(body) if body is not None else None, headers)
-        r = conn.getresponse()
-        data = r.read()
-        if r.status != 200:
-            raise RuntimeError(f"{method} {path}: {r.status} {data[:300]!r}")
-        return json.loads(data)
-    finally:
-        conn.close()
-
-
-class Client:
-    """One user on one keep-alive connection (http.client: cheap on the client's CPU)."""
-
-    def __init__(self, base: str, token: str, tag: str) -> None:
-        host, port = base.split("//", 1)[1].split(":")
-        self.host, self.port, self.token, self.tag = host, int(port), token, tag
-        self.conn: http.client.HTTPConnection | None = None
-        self.n = 0
-
-    def request(self, method: str, path: str, body: Any) -> tuple[int, bytes]:
-        payload = json.dumps(body).encode()
-        headers = {"Authorization": f"Bearer {self.token}",
-                   "Content-Type": "application/json"}
-        for attempt in (1, 2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
-            try:
-                self.conn.request(method, path, payload, headers)
-                r = self.conn.getresponse()
-                return r.status, r.read()
-            except (OSError, http.client.HTTPException):
-                self.conn.close()
-                self.conn = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def send(self, room_id: str) -> tuple[int, float]:
-        self.n += 1
-        path = (f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/send/m.room.message/"
-                f"{self.tag}-{self.n}")
-        t0 = time.perf_counter()
-        status, _ = self.request("PUT", path, {"msgtype": "m.text",
-                                               "body": f"bench message {self.n}"})
-        return status, time.perf_counter() - t0
-
-    def create_room(self, preset: str | None = None) -> str:
-        status, data = self.request("POST", "/_matrix/client/v3/createRoom",
-                                    {"preset": preset} if preset else {})
-        if status != 200:
-            raise RuntimeError(f"createRoom: {status} {data[:200]!r}")
-        return json.loads(data)["room_id"]
-
-    def join(self, room_id: str) -> None:
-        status, data = self.request("POST", f"/_matrix/client/v3/join/{quote(room_id, safe='')}",
-                                    {})
-        if status != 200:
-            raise RuntimeError(f"join: {status} {data[:200]!r}")
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-
-
-# ----------------------------------------------------------------------------- phases
 
 
 @dataclass
@@ -291,11 +70,6 @@ class PhaseResult:
     error_sample: list[str] = field(default_factory=list)
 
 
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))]
 
 
 def run_phase(server: Server, pairs: list[tuple[Client, str]], duration: float,
@@ -365,91 +139,6 @@ def create_rooms(clients: list[Client], total: int, time_cap: float) -> tuple[in
     for t in threads:
         t.join()
     return sum(made), time.monotonic() - t0
-
-
-# ----------------------------------------------------------------------------- profiling
-
-
-def profile(pid: int, seconds: float, out: Path) -> str:
-    """py-spy (scratch venv) on ``pid`` for ``seconds``; a summary of where time goes."""
-    spy = synapse_peer.VENV / "bin" / "py-spy"
-    if not spy.exists():
-        synapse_peer.ensure_venv()
-    raw = out.with_suffix(".txt")
-    # --gil: only the thread holding the GIL is sampled, i.e. where Python CPU time goes
-    subprocess.run([str(spy), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200",
-                    "--gil", "--format", "raw", "-o", str(raw), "--nonblocking"],
-                   capture_output=True, check=False)
-    if not raw.exists():
-        return "py-spy produced nothing (ptrace not permitted?)"
-    return summarize_collapsed(raw.read_text())
-
-
-#: (path prefix of a frame's file as py-spy prints it, area); first match wins
-AREAS = (
-    ("actors/", "actors/ (RoomActor, UserActor, push evaluator)"),
-    ("protocol/", "protocol/ (build, hash, sign, auth, push rules)"),
-    ("store/", "store/ (SQL)"), ("supervision/", "supervision/"),
-    ("web/", "web/ (handlers, auth)"), ("atrium/", "atrium/"),
-    ("sqlite3/", "sqlite3 module"), ("nacl/", "PyNaCl (ed25519)"),
-    ("canonicaljson", "canonical JSON"), ("json/", "json"),
-    ("werkzeug/", "Flask/Werkzeug"), ("flask/", "Flask/Werkzeug"),
-    ("gunicorn/", "gunicorn HTTP"), ("pykka/", "pykka"),
-    ("gevent/threadpool", "gevent thread pool hand-off"),
-    ("gevent/_threading", "gevent thread pool hand-off"),
-    ("gevent/_socketcommon", "gevent sockets (send/recv)"), ("gevent/", "gevent hub/other"),
-    ("logging/", "logging"), ("typing", "typing (isinstance on generics)"),
-)
-_PROJECT = ("actors/", "protocol/", "store/", "supervision/", "web/", "atrium/")
-
-
-def _path(frame: str) -> str:
-    """``func (path/file.py:123)`` → ``path/file.py``."""
-    inner = frame.rpartition("(")[2].rstrip(")")
-    return inner.rpartition(":")[0] or inner
-
-
-def _area(frame: str) -> str:
-    path = _path(frame)
-    for prefix, area in AREAS:
-        if path.startswith(prefix) or f"/{prefix}" in path:
-            return area
-    return "other (stdlib)"
-
-
-def summarize_collapsed(text: str, top: int = 25) -> str:
-    """Self time by area, then inclusive and self sample shares per function, from
-    py-spy's collapsed stacks."""
-    inclusive: Counter[str] = Counter()
-    own: Counter[str] = Counter()
-    areas: Counter[str] = Counter()
-    total = 0
-    for line in text.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        total += n
-        frames = stack.split(";")
-        for f in set(frames):
-            inclusive[_short(f)] += n
-        own[_short(frames[-1])] += n
-        areas[_area(frames[-1])] += n
-    if not total:
-        return "no samples"
-    lines = [f"{total} samples (GIL holder only)", "", "self time by area:"]
-    lines += [f"  {100 * n / total:5.1f}%  {a}" for a, n in areas.most_common()]
-    lines += ["", "self time (top functions):"]
-    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
-    lines += ["", "inclusive time (top Atrium functions):"]
-    shown = [(f, n) for f, n in inclusive.most_common() if _path(f).startswith(_PROJECT)]
-    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in shown[:top * 2]]
-    return "\n".join(lines)
-
-
-def _short(frame: str) -> str:
-    return frame.replace(str(ROOT) + "/", "").replace(
-        "/root/.pyenv/versions/3.11.7/lib/python3.11/", "stdlib/")
 
 
 # ----------------------------------------------------------------------------- driver

@@ -5,7 +5,7 @@ Synapse.
     .venv/bin/python bench/sync_wake.py --url http://127.0.0.1:8008 --secret SECRET --pid PID
 
 Without ``--url`` it starts Atrium itself (``gunicorn -k gevent web:app``, SQLite, rate
-limits off; bench/rooms_send.py's launcher) and, with ``--synapse``, Synapse from the scratch
+limits off; bench/harness.py's launcher) and, with ``--synapse``, Synapse from the scratch
 venv of bench/synapse_peer.py with the same settings.  Users come from the shared-secret
 registration API.  Phases:
 
@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import rooms_send as rs  # noqa: E402
+import harness as rs  # noqa: E402
+from profiling import profile  # noqa: E402
 import synapse_peer  # noqa: E402
 
 TARGETS = {"wake8_p50": 10.0, "wake8_p99": 50.0, "idle_rss_mb": 100.0, "idle_cpu_pct": 5.0}
@@ -143,7 +144,7 @@ def wake_latency(server: rs.Server, syncers: int, wakes: int, profile_s: float =
     gevent.sleep(1.0 + syncers * 0.01)  # everyone long-polling
     spy = None
     if profile_s:  # the sends and wake-ups only, not the set-up
-        spy = gevent.spawn(rs.profile, server.main_pid(), profile_s,
+        spy = gevent.spawn(profile, server.main_pid(), profile_s,
                            Path(tempfile.gettempdir()) / f"sync-wake-{os.getpid()}")
     for k in range(wakes):
         tag = f"wake {k}"
