@@ -10,10 +10,9 @@ import gevent
 import pytest
 from gevent.pywsgi import WSGIServer
 
-from atrium.config import parse_config
 from store.accounts import hash_token
-from store.testing import database_config, drop_schema
-from web.app import create_app, runtime_of
+from tests.apps import app_factory
+from web.app import runtime_of
 
 V = "/_matrix/client/v3"
 GENEROUS = {"per_second": 1000, "burst_count": 1000}
@@ -73,25 +72,10 @@ class Client:
 
 @pytest.fixture
 def hs(tmp_path):
-    made = []
-
-    def _make(**overrides):
-        dbcfg, schema = database_config(str(tmp_path))
-        raw = {"server_name": "test.local", "bcrypt_rounds": 4, "database": dbcfg,
-               "signing_key_path": str(tmp_path / "signing.key"),
-               "media_store_path": str(tmp_path / "media"),
-               "rc_message": GENEROUS, "rc_joins": {"local": GENEROUS},
-               "rc_invites": {"per_room": GENEROUS, "per_user": GENEROUS},
-               "push": dict(PUSH_CONFIG)}
-        raw.update(overrides)
-        app = create_app(parse_config(raw, str(tmp_path / "homeserver.yaml")))
-        made.append((app, schema))
-        return app
-
-    yield _make
-    for app, schema in made:
-        runtime_of(app).shutdown()
-        drop_schema(schema)
+    factory = app_factory(tmp_path)
+    make = next(factory)
+    yield lambda **overrides: make(**{"push": dict(PUSH_CONFIG), **overrides})
+    next(factory, None)  # shut the apps down, drop their schemas
 
 
 def user(app, localpart, displayname=None):
