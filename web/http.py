@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 from flask import current_app, request
+from werkzeug.exceptions import HTTPException
 
 from atrium.errors import MatrixError, bad_json, invalid_param, missing_param, not_json, too_large
 
@@ -54,11 +55,24 @@ def check_json_value(value: Any) -> None:
                 stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(v))
 
 
+def read_stream(size: int, errcode: str = "M_NOT_JSON") -> bytes:
+    """``request.stream.read(size)``.  A body that cannot be read -- the client reset the
+    connection, or sent a malformed or truncated chunked encoding (gunicorn raises OSError,
+    ``NoMoreData`` or a ``ParseException``) -- is the client's fault: 400, never a 500."""
+    try:
+        return request.stream.read(size)
+    except (MatrixError, HTTPException):
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the WSGI server's body reader raises
+        raise MatrixError(400, errcode, f"Could not read the request body "
+                          f"({type(e).__name__})") from None
+
+
 def read_body_limited(limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise too_large(f"Request body is {length} bytes; the limit is {limit}")
-    data = request.stream.read(limit + 1)
+    data = read_stream(limit + 1)
     if len(data) > limit:
         raise too_large(f"Request body is over the limit of {limit} bytes")
     return data

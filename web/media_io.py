@@ -16,6 +16,7 @@ from flask import Response, request
 from actors.media import blocking
 from actors.thumbnailer import remove_quietly
 from atrium.errors import not_found, too_large
+from web.http import read_stream
 
 CHUNK = 256 * 1024
 
@@ -130,10 +131,9 @@ def receive_upload(tmp_path: str, max_size: int) -> tuple[int, str]:
     f = blocking(open, tmp_path, "wb")
     h = hashlib.sha256()
     total = 0
-    stream = request.stream
     try:
         while True:
-            chunk = stream.read(CHUNK)
+            chunk = read_stream(CHUNK, "M_UNKNOWN")  # a reset or bad chunking: 400
             if not chunk:
                 break
             total += len(chunk)

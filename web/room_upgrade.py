@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from flask import Blueprint, Flask, jsonify
 
 from atrium.errors import MatrixError, invalid_param
+from protocol.canonical import CanonicalJsonError
 from protocol.events import build_event
 from protocol.ids import is_valid_room_id, is_valid_user_id
 from protocol.power_levels import creators, get_event_level, parse_level
@@ -234,10 +235,14 @@ def _upgrade(svc: RoomService, directory: DirectoryStore, server_name: str, sign
 
     was_public = bool(directory.is_public(old_room))
     room_id = None if new_rv.room_id_is_create_event_hash else svc.new_room_id()
-    create = build_event(new_rv, room_id=room_id, sender=user_id, type="m.room.create",
-                         content=plan.create_content, state_key="", prev_events=[],
-                         auth_events=[], depth=1, origin_server_ts=int(time.time() * 1000),
-                         server_name=server_name, signing_key=signing_key)
+    try:
+        create = build_event(new_rv, room_id=room_id, sender=user_id, type="m.room.create",
+                             content=plan.create_content, state_key="", prev_events=[],
+                             auth_events=[], depth=1, origin_server_ts=int(time.time() * 1000),
+                             server_name=server_name, signing_key=signing_key)
+    except CanonicalJsonError as e:  # e.g. a float in content carried into a strict version
+        raise MatrixError(400, "M_BAD_JSON", f"The room's create content cannot go into room"
+                          f" version {new_rv.identifier}: {e}") from None
     new_room = create["room_id"]
     svc.ask(new_room, InitRoom(create_event=create, initial=plan.initial,
                                is_public=was_public))
