@@ -18,6 +18,7 @@ from protocol.events import auth_event_ids, prev_event_ids
 from protocol.redaction import redact
 from protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from store.database import Database, Txn
+from store.recent_timeline import RecentTimeline
 from store.state import StateGroupStore, StateKey
 from store.streams import StreamIdGenerator
 
@@ -83,6 +84,8 @@ class EventStore:
         self._cache: OrderedDict[str, StoredEvent] = OrderedDict()
         self._cache_size = cache_size
         self._room_versions: dict[str, RoomVersion] = {}
+        #: the newest timeline events of active rooms (filled after each commit)
+        self.recent = RecentTimeline(self.stream.current())
 
     # ------------------------------------------------------------------ writing
     def persist(self, txn: Txn, items: Sequence[PersistItem], delta: RoomDelta) -> None:
@@ -129,6 +132,9 @@ class EventStore:
             "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender,"
             " depth, origin_server_ts, received_ts, json, outlier, rejection, soft_failed,"
             " state_group, txn_device, txn_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", ev_rows)
+        # before the redactions' cache pops below: a target redacted in this very batch
+        # must not stay cached unredacted
+        txn.call_after_commit(lambda: self._remember_persisted(room_id, items, ev_rows))
         txn.executemany("INSERT INTO event_edges (event_id, prev_event_id, room_id)"
                         " VALUES (?, ?, ?) ON CONFLICT DO NOTHING", edges)
         txn.executemany("INSERT INTO event_auth (event_id, auth_id) VALUES (?, ?)"
@@ -156,6 +162,22 @@ class EventStore:
         if delta.current_state_group is not None:
             txn.execute("UPDATE rooms SET current_state_group = ? WHERE room_id = ?",
                         (delta.current_state_group, room_id))
+
+    def _remember_persisted(self, room_id: str, items: Sequence[PersistItem],
+                            rows: list[tuple]) -> None:
+        """After commit: the new events go into the cache as a read would return them
+        (parsed from the stored JSON, so nothing shares the writer's dicts), and timeline
+        events into :attr:`recent`.  The /syncs woken next then read neither from the
+        store."""
+        for it, row in zip(items, rows):
+            se = StoredEvent(event=json.loads(row[9]), room_id=room_id,
+                             stream_ordering=it.stream_ordering, state_group=it.state_group,
+                             outlier=it.outlier, rejection=it.rejection,
+                             soft_failed=it.soft_failed, redacted_by=None,
+                             txn_device=row[14], txn_id=row[15])
+            self._remember(se)
+            if not (it.outlier or it.soft_failed or it.rejection is not None):
+                self.recent.add(room_id, se.event_id, it.stream_ordering)
 
     def _apply_state_delta(self, txn: Txn, room_id: str,
                            state_delta: Mapping[StateKey, str | None],

@@ -29,6 +29,8 @@ def register_all(app: Flask, runtime: Any) -> None:
     _register_sync(app, runtime)
     _register_push(app, runtime)  # push
     _register_e2ee(app, runtime)  # e2ee
+    # last of the room hooks: the /syncs it wakes run after what the others scheduled
+    runtime.parts["rooms"].on_persisted.append(runtime.parts["sync"].wake_persisted)
 
 
 def _register_rooms(app: Flask, runtime: Any) -> None:

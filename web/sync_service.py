@@ -111,7 +111,12 @@ class SyncService:
     def timeline_ids(self, room_id: str, lo: int, hi: int, limit: int
                      ) -> list[tuple[str, int]]:
         """store.timeline_ids, shared: ``hi`` is a committed position and events are never
-        inserted below it, so the answer for (room, lo, hi, limit) never changes."""
+        inserted below it, so the answer for (room, lo, hi, limit) never changes.  The
+        newest events of active rooms are answered from memory (store/recent_timeline.py):
+        that is what the /syncs one new event wakes ask for."""
+        recent = self.events.recent.ids(room_id, lo, hi, limit)
+        if recent is not None:
+            return recent
         return self.timeline_slices.get(
             (room_id, lo, hi, limit), lambda: self.store.timeline_ids(room_id, lo, hi, limit))
 
@@ -154,7 +159,7 @@ class SyncService:
     # ---------------------------------------------------------------- hooks
     def on_persisted(self, room_id: str, events: Any) -> None:
         """RoomService hook (first in the list): update the read caches before anything can
-        yield, then wake the room's /syncs; local senders count as active."""
+        yield."""
         self.positions.note(room_id, [so for _, so in events],
                             [so for ev, so in events if ev.get("type") == "m.room.member"])
         for ev, _ in events:
@@ -162,6 +167,11 @@ class SyncService:
             if ev.get("type") == "m.room.member" and isinstance(target, str) \
                     and self.is_local(target):
                 self.memberships.invalidate(target)
+
+    def wake_persisted(self, room_id: str, events: Any) -> None:
+        """RoomService hook (last in the list): wake the room's /syncs; local senders count
+        as active.  Last, so that the push evaluator, woken by its own hook before, runs
+        first: the woken /syncs then find the room evaluated instead of waiting for it."""
         self.notifier.on_persisted(room_id, events, self.events.stream)
         if self.presence_enabled:
             for sender in {ev.get("sender") for ev, _ in events}:
