@@ -16,7 +16,11 @@ start-up.  Writes are idempotent, so events evaluated twice count once.  A batch
 is logged and skipped (a poisoned event must not stop notifications for everyone else).
 
 Consistency with /sync: :meth:`barrier` lets ``store.push.unread_counts`` wait until the
-events queued for a room so far are written (registered with ``store.push.set_barrier``).
+events queued for a room so far are evaluated (registered with ``store.push.set_barrier``);
+rows evaluated but not yet committed are served from :meth:`unwritten`, so a woken /sync
+never waits for the write's fsync.  One write is in flight at a time, in order, while the
+worker evaluates the next batch.  A crash before a write commits loses nothing: the
+catch-up re-evaluates from the durable position.
 """
 from __future__ import annotations
 
@@ -56,6 +60,21 @@ class _RoomContext:
     local_joined: list[str]
 
 
+class _Unwritten:
+    """One evaluated batch until its write commits, indexed by (user, room)."""
+
+    __slots__ = ("rows", "own")
+
+    def __init__(self, rows: Sequence[tuple], own: Sequence[tuple[str, str, str, int]]) -> None:
+        self.rows: dict[tuple[str, str], list[tuple[str, int, str, bool]]] = {}
+        for user_id, event_id, room_id, so, thread_id, _, highlight, _ in rows:
+            self.rows.setdefault((user_id, room_id), []).append(
+                (event_id, so, thread_id, bool(highlight)))
+        self.own: dict[tuple[str, str], list[tuple[str, int]]] = {}
+        for user_id, room_id, thread_id, so in own:
+            self.own.setdefault((user_id, room_id), []).append((thread_id, so))
+
+
 class PushEvaluator:
     def __init__(self, db: Database, events: EventStore, rules: PushRuleStore,
                  server_name: str, *, on_notify: NotifyHook | None = None,
@@ -73,7 +92,9 @@ class PushEvaluator:
         self._wake = gevent.event.Event()
         self._progress = gevent.event.Event()
         self._pending: dict[str, int] = {}    # room → highest position handed to us
-        self._done: dict[str, int] = {}       # room → highest position written
+        self._done: dict[str, int] = {}       # room → highest position evaluated
+        self._unwritten: list[_Unwritten] = []  # evaluated, write not committed yet
+        self._writing: gevent.Greenlet | None = None  # the write in flight
         self._rooms: OrderedDict[str, _RoomContext] = OrderedDict()
         self._rulesets: OrderedDict[str, tuple[int, CompiledRuleset]] = OrderedDict()
         self._cache_rooms, self._cache_users = cache_rooms, cache_users
@@ -94,6 +115,8 @@ class PushEvaluator:
         if self._worker is not None:
             self._worker.join(timeout)
             self._worker.kill(block=False)
+        if self._writing is not None:
+            self._writing.join(timeout)
         self._progress.set()
 
     # ------------------------------------------------------------------ the hook
@@ -116,12 +139,32 @@ class PushEvaluator:
             self._queued += len(events)
         self._wake.set()
 
-    def barrier(self, room_id: str, timeout: float) -> None:
-        """Return once every event of ``room_id`` queued so far is evaluated (or timeout)."""
+    def unwritten(self, user_id: str, room_id: str
+                  ) -> tuple[list[tuple[str, int, str, bool]], list[tuple[str, int]]]:
+        """What evaluated batches hold for (user, room) that may not be committed yet:
+        notifying rows as (event_id, stream_ordering, thread_id, highlight) and the user's
+        own events as (thread_id, stream_ordering) — ``store.push.unread_counts`` adds
+        those its read does not find."""
+        rows: list[tuple[str, int, str, bool]] = []
+        own: list[tuple[str, int]] = []
+        for batch in self._unwritten:
+            got = batch.rows.get((user_id, room_id))
+            if got:
+                rows.extend(got)
+            mine = batch.own.get((user_id, room_id))
+            if mine:
+                own.extend(mine)
+        return rows, own
+
+    def barrier(self, room_id: str, timeout: float, *, written: bool = False) -> None:
+        """Return once every event of ``room_id`` queued so far is evaluated (or timeout);
+        what is not written yet by then is in :meth:`unwritten`.  ``written``: also wait
+        until no evaluated batch is still being written."""
         deadline = time.monotonic() + timeout
         while not self._stopping and self._worker is not None:
             want = self._pending.get(room_id)
-            if want is None or self._done.get(room_id, -1) >= want:
+            if (want is None or self._done.get(room_id, -1) >= want) and \
+                    not (written and self._unwritten):
                 return
             left = deadline - time.monotonic()
             if left <= 0:
@@ -159,6 +202,7 @@ class PushEvaluator:
         self._process(items, position)
 
     def _catch_up_batch(self) -> None:
+        self._join_write()  # the stored position must include what was evaluated before
         start = push_store.evaluator_position(self.db)
         items = push_store.events_after(self.db, start, self.batch_size)
         if not items:
@@ -190,12 +234,37 @@ class PushEvaluator:
                 self._evaluate_room(room_id, evs, now, rows, own)
             except Exception:  # noqa: BLE001 - one broken room must not block the others
                 log.exception("push evaluator: room %s failed", room_id)
-        push_store.write_actions(self.db, rows, own, position)
+        # Evaluated: the barrier lets /syncs of these rooms go on now, reading the rows
+        # not written yet from ``unwritten`` — they need not wait for the write's commit
+        # (a crash before it loses nothing: the catch-up re-evaluates from the position).
+        batch = _Unwritten(rows, own)
+        self._unwritten.append(batch)
         for room_id, evs in by_room.items():
             top = max(so for _, so in evs)
             if top > self._done.get(room_id, -1):
                 self._done[room_id] = top
-        self.evaluated += len(items)
+        self._signal_progress()
+        # One write in flight at a time, in order (positions only grow), while the worker
+        # evaluates the next batch: events that arrive during a write are not held up by it.
+        self._join_write()
+        self._writing = gevent.spawn(self._write, batch, rows, own, position, len(items))
+
+    def _join_write(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.join()
+
+    def _write(self, batch: _Unwritten, rows: list, own: list, position: int | None,
+               n: int) -> None:
+        try:
+            push_store.write_actions(self.db, rows, own, position)
+        except Exception:  # noqa: BLE001 - a bad batch must not stop the others
+            log.exception("push evaluator: batch failed")
+            return
+        finally:
+            self._unwritten.remove(batch)
+            self._signal_progress()
+        self.evaluated += n
         if self.on_notify is not None:
             for user_id, _, _, so, *_ in rows:
                 try:

@@ -13,7 +13,10 @@ threaded one (``main`` or a root) only its own.
 Consistency with /sync ("the updated notification count from a new event MUST appear in the
 same /sync response as the event itself"): the evaluator runs after the commit, so
 :func:`unread_counts` first waits (bounded) on the evaluator's barrier for the room, which
-the wiring registers per database with :func:`set_barrier`.  Scale-out seam: with several
+the wiring registers per database with :func:`set_barrier`.  The barrier opens once the
+room's events are evaluated, before their rows are committed: the counts add the evaluated
+rows their read does not find (``unwritten``; rows are unique per (user, event), so a row
+is never counted twice whether or not its write committed before the read).  Scale-out seam: with several
 processes the barrier becomes "evaluated position ≥ the room's stream position" read from
 ``push_evaluator_position``.
 """
@@ -26,28 +29,39 @@ from typing import Any, Callable, Iterable, Sequence
 import gevent
 import gevent.event
 
-from store.database import Database, Txn
+from store.database import POSTGRES, Database, Txn
 
 MAIN = "main"
 UNTHREADED = ""
 READ_RECEIPTS = ("m.read", "m.read.private")
 BARRIER_TIMEOUT = 2.0
+INLINE_COUNTS = 16   # (user, room) pairs read without a thread
 
 Barrier = Callable[[str, float], None]
+#: (user, room) → (rows (event_id, stream_ordering, thread_id, highlight), own events
+#: (thread_id, stream_ordering)) evaluated but perhaps not committed yet
+Unwritten = Callable[[str, str], tuple[Sequence[tuple[str, int, str, bool]],
+                                       Sequence[tuple[str, int]]]]
 _barriers: "weakref.WeakKeyDictionary[Database, Barrier]" = weakref.WeakKeyDictionary()
+_unwritten: "weakref.WeakKeyDictionary[Database, Unwritten]" = weakref.WeakKeyDictionary()
 
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def set_barrier(db: Database, barrier: Barrier | None) -> None:
+def set_barrier(db: Database, barrier: Barrier | None,
+                unwritten: Unwritten | None = None) -> None:
     """Register (or with None, drop) ``barrier(room_id, timeout)``: returns once every event
-    of the room handed to the evaluator so far has its push actions written."""
+    of the room handed to the evaluator so far has its push actions evaluated; those not
+    committed yet are what ``unwritten(user_id, room_id)`` returns."""
     if barrier is None:
         _barriers.pop(db, None)
+        _unwritten.pop(db, None)
     else:
         _barriers[db] = barrier
+        if unwritten is not None:
+            _unwritten[db] = unwritten
 
 
 def wait_evaluated(db: Database, room_id: str, timeout: float = BARRIER_TIMEOUT) -> None:
@@ -74,8 +88,16 @@ def read_positions(txn: Txn, user_id: str, room_id: str) -> dict[str, int]:
     return out
 
 
-def _counts_txn(txn: Txn, user_id: str, room_id: str) -> dict[str, Any]:
+def _counts_txn(txn: Txn, user_id: str, room_id: str,
+                unwritten: tuple[Sequence[tuple[str, int, str, bool]],
+                                 Sequence[tuple[str, int]]] = ((), ())) -> dict[str, Any]:
+    """The counts from the rows committed, plus the ``unwritten`` ones this read does not
+    find (an evaluated batch whose write has not committed: see :func:`unread_counts`)."""
     reads = read_positions(txn, user_id, room_id)
+    pending_rows, pending_own = unwritten
+    for thread_id, pos in pending_own:  # own events move read positions: max() is safe
+        if pos > reads.get(thread_id, -1):
+            reads[thread_id] = pos
     base = reads.get(UNTHREADED, -1)
     per_thread: dict[str, list[int]] = {}
     for thread_id, n, h in txn.query(
@@ -91,6 +113,18 @@ def _counts_txn(txn: Txn, user_id: str, room_id: str) -> dict[str, Any]:
             " AND room_id = ? AND thread_id = ? AND stream_ordering > ?",
             (user_id, room_id, thread_id, pos)) or (0, 0)
         per_thread[thread_id] = [int(n), int(h or 0)]
+    if pending_rows:
+        ids = [r[0] for r in pending_rows]
+        marks = ",".join("?" * len(ids))
+        stored = {r[0] for r in txn.query(
+            f"SELECT event_id FROM event_push_actions WHERE user_id = ? AND event_id IN"
+            f" ({marks})", (user_id, *ids))}
+        for event_id, so, thread_id, highlight in pending_rows:
+            if event_id in stored or so <= max(base, reads.get(thread_id, -1)):
+                continue
+            cell = per_thread.setdefault(thread_id, [0, 0])
+            cell[0] += 1
+            cell[1] += int(highlight)
     total = [sum(v[0] for v in per_thread.values()), sum(v[1] for v in per_thread.values())]
     main = per_thread.get(MAIN, [0, 0])
     threads = {t: {"notification_count": v[0], "highlight_count": v[1]}
@@ -98,6 +132,15 @@ def _counts_txn(txn: Txn, user_id: str, room_id: str) -> dict[str, Any]:
     return {"notification_count": total[0], "highlight_count": total[1],
             "main_timeline": {"notification_count": main[0], "highlight_count": main[1]},
             "unread_thread_notifications": threads}
+
+
+def _counts_many(txn: Txn, wanted: list[tuple[str, str]],
+                 pending: dict[tuple[str, str], Any]) -> dict[tuple[str, str], Any]:
+    if txn.engine == POSTGRES and any(rows for rows, _ in pending.values()):
+        # one snapshot for the whole read: under READ COMMITTED a write committing between
+        # the count and the "already stored?" check would hide its rows from both
+        txn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    return {k: _counts_txn(txn, *k, pending.get(k, ((), ()))) for k in wanted}
 
 
 class _CountBatch:
@@ -141,7 +184,14 @@ def unread_counts(db: Database, user_id: str, room_id: str) -> dict[str, Any]:
         if _open_batches.get(db) is batch:
             del _open_batches[db]
         wanted = sorted(batch.wanted)
-        got = db.run("unread_counts", lambda t: {k: _counts_txn(t, *k) for k in wanted})
+        unwritten = _unwritten.get(db)
+        # taken here, after every caller passed the barrier: a batch evaluated by then is
+        # either committed in the read's snapshot or still listed (removed after commit)
+        pending = {k: unwritten(*k) for k in wanted} if unwritten is not None else {}
+        # a few rooms' counts (the /syncs of a small room woken by one event) are a few
+        # indexed lookups each: cheaper here than a round trip through a thread
+        got = db.run("unread_counts", lambda t: _counts_many(t, wanted, pending),
+                     inline=len(wanted) <= INLINE_COUNTS)
     except BaseException as e:  # the joiners must not wait forever (also on a kill)
         if _open_batches.get(db) is batch:
             del _open_batches[db]

@@ -106,12 +106,13 @@ def push_of(app):
 
 
 def settle(app, room_id=None):
-    """Wait until the evaluator has written what it was handed (the /sync barrier)."""
+    """Wait until the evaluator has written what it was handed."""
     push = push_of(app)
     if room_id is not None:
-        push.evaluator.barrier(room_id, 5.0)
+        push.evaluator.barrier(room_id, 5.0, written=True)
     deadline = time.monotonic() + 5
-    while (push.evaluator._queue or push.evaluator._catch_up) and time.monotonic() < deadline:
+    while (push.evaluator._queue or push.evaluator._catch_up or push.evaluator._unwritten) \
+            and time.monotonic() < deadline:
         gevent.sleep(0.01)
 
 
