@@ -2,6 +2,7 @@
 and passed explicitly to each area's blueprint (no global service locator)."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -138,7 +139,8 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
         if "request_id" in g:
             resp.headers.setdefault("X-Request-Id", g.request_id)
         resp.headers.setdefault("Cache-Control", "no-cache, no-store, must-revalidate")
-        if request.path.startswith("/_matrix/") or request.path.startswith("/_synapse/"):
+        if log.isEnabledFor(logging.INFO) and (request.path.startswith("/_matrix/")
+                                               or request.path.startswith("/_synapse/")):
             log.info("%s %s -> %s", request.method, _safe_path(), resp.status_code)
         return resp
 
@@ -167,10 +169,27 @@ def app_from_environment() -> Flask:
         sys.exit(4)  # gunicorn: "App failed to load", and the arbiter halts
     setup_logging(config.log_level)
     try:
-        return create_app(config)
+        app = create_app(config)
     except ConfigError as e:
         print(f"atrium: {e}", file=sys.stderr, flush=True)
         sys.exit(4)
+    tune_gc()
+    return app
+
+
+#: gen0 collects after this many net allocations (CPython's default: 700)
+GC_GEN0_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """Once the app is built: move everything alive now (modules, the app, compiled push
+    rules, ...) into the permanent generation, so that no collection walks it again, and
+    collect the young generation less often.  A full collection over the start-up heap
+    took 40–90 ms here — a pause every waiting /sync and every send feels."""
+    gc.collect()
+    gc.freeze()
+    _, g1, g2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, g1, g2)
 
 
 def runtime_of(app: Flask) -> Runtime:
