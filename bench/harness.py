@@ -43,7 +43,30 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def cpu_seconds_fine(pids: list[int]) -> float:
+    """CPU time of the processes' live threads: nanoseconds on CPU from
+    ``/proc/PID/task/TID/schedstat`` where the kernel has it (clock ticks of 10 ms make a
+    0.2 % idle load read as 0.1 % or 0.3 %), else :func:`cpu_seconds`.  Threads that exit
+    take their time with them: for short windows of a quiet server (idle CPU) only."""
+    total_ns, seen = 0, False
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                total_ns += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+                seen = True
+            except (OSError, ValueError, IndexError):
+                continue
+    if seen:
+        return total_ns / 1e9
+    return cpu_seconds(pids)
+
+
 def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the processes (all their threads, also exited ones), in ticks."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in pids:

@@ -2,6 +2,7 @@
 where the time goes, grouped by area of the code."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -25,7 +26,7 @@ def profile(pid: int, seconds: float, out: Path) -> str:
         synapse_peer.ensure_venv()
     raw = out.with_suffix(".txt")
     # --gil: only the thread holding the GIL is sampled, i.e. where Python CPU time goes
-    subprocess.run([str(spy), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200",
+    subprocess.run([str(spy), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", os.environ.get("ATRIUM_SPY_RATE", "200"),
                     "--gil", "--format", "raw", "-o", str(raw), "--nonblocking"],
                    capture_output=True, check=False)
     if not raw.exists():

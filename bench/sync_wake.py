@@ -146,6 +146,7 @@ def wake_latency(server: rs.Server, syncers: int, wakes: int, profile_s: float =
     if profile_s:  # the sends and wake-ups only, not the set-up
         spy = gevent.spawn(profile, server.main_pid(), profile_s,
                            Path(tempfile.gettempdir()) / f"sync-wake-{os.getpid()}")
+    cpu0 = rs.cpu_seconds(server.pids())
     for k in range(wakes):
         tag = f"wake {k}"
         sent_at[tag] = t_send = time.perf_counter()
@@ -157,6 +158,7 @@ def wake_latency(server: rs.Server, syncers: int, wakes: int, profile_s: float =
         while min(seen) < k + 1 and time.monotonic() < deadline:
             gevent.sleep(0.002)
         gevent.sleep(0.02)
+    cpu_ms = (rs.cpu_seconds(server.pids()) - cpu0) * 1000 / wakes
     stop = True
     if spy is not None:
         say(spy.get())
@@ -173,7 +175,8 @@ def wake_latency(server: rs.Server, syncers: int, wakes: int, profile_s: float =
             "missing": syncers * wakes - len(latencies),
             "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
             "ack_p50_ms": pct(after_ack, 50), "ack_p99_ms": pct(after_ack, 99),
-            "send_p50_ms": pct(send_ms, 50), "send_p99_ms": pct(send_ms, 99)}
+            "send_p50_ms": pct(send_ms, 50), "send_p99_ms": pct(send_ms, 99),
+            "cpu_ms_per_wake": cpu_ms}
 
 
 def idle_syncs(server: rs.Server, n: int, window: float) -> dict[str, float]:
@@ -187,9 +190,9 @@ def idle_syncs(server: rs.Server, n: int, window: float) -> dict[str, float]:
     if any(g.dead for g in held):
         raise RuntimeError("an idle sync returned early")
     rss = rs.rss_mb([server.main_pid()])
-    cpu0, t0 = rs.cpu_seconds(server.pids()), time.monotonic()
+    cpu0, t0 = rs.cpu_seconds_fine(server.pids()), time.monotonic()
     gevent.sleep(window)
-    cpu = (rs.cpu_seconds(server.pids()) - cpu0) / (time.monotonic() - t0) * 100
+    cpu = (rs.cpu_seconds_fine(server.pids()) - cpu0) / (time.monotonic() - t0) * 100
     early = sum(g.dead for g in held)
     gevent.killall(held, block=False)
     for c in conns:
@@ -204,10 +207,14 @@ def initial_sync(server: rs.Server, rooms: int, messages: int, runs: int = 3
     login = server.register(localpart, "pw")
     owner = Conn(server.base_url, login["access_token"])
     senders = [Conn(server.base_url, owner.token) for _ in range(8)]
-    room_ids = gevent.pool.Pool(8).map(
-        lambda i: senders[i % 8].json("POST", "/_matrix/client/v3/createRoom",
-                                      {"name": f"room {i}", "creation_content":
-                                       {"org.atrium.bench": i}})["room_id"], range(rooms))
+    room_ids: list[str] = [""] * rooms
+
+    def create(k: int) -> None:  # one connection per greenlet: never two requests on one
+        for i in range(k, rooms, 8):
+            room_ids[i] = senders[k].json("POST", "/_matrix/client/v3/createRoom", {
+                "name": f"room {i}", "creation_content": {"org.atrium.bench": i}})["room_id"]
+
+    gevent.joinall([gevent.spawn(create, k) for k in range(8)], raise_error=True)
     t0 = time.monotonic()
 
     def fill(k: int) -> None:
@@ -292,7 +299,9 @@ def rows(a: dict[str, Any], b: dict[str, Any] | None, syncers: list[int]) -> lis
                 (f"wake p99, {n} syncers, from the send's 200 (ms)", get(a, w, "ack_p99_ms"),
                  get(b, w, "ack_p99_ms"), ".1f", None, True),
                 (f"  (the send itself, p50, {n} syncers, ms)", get(a, w, "send_p50_ms"),
-                 get(b, w, "send_p50_ms"), ".1f", None, False)]
+                 get(b, w, "send_p50_ms"), ".1f", None, False),
+                (f"  (server CPU per message, {n} syncers, ms)", get(a, w, "cpu_ms_per_wake"),
+                 get(b, w, "cpu_ms_per_wake"), ".1f", None, False)]
     if "idle" in a:
         n = a["idle"]["idle_syncs"]
         cost = (lambda r: None if r is None or "idle" not in r else
@@ -385,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=float, default=0, metavar="S",
                    help="py-spy the server for S s during the largest wake phase")
     p.add_argument("--json", metavar="FILE")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the scratch directory (databases, server logs)")
     args = p.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="atrium-sync-bench-"))
     results = []
@@ -404,7 +415,10 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 server.stop()
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(f"sync_wake: SQLite, rate limits off, {os.cpu_count()} cores; client in-process "
           "(gevent + http.client)")
