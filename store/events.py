@@ -12,7 +12,7 @@ import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from protocol.events import auth_event_ids, prev_event_ids
 from protocol.redaction import redact
@@ -86,6 +86,9 @@ class EventStore:
         self._room_versions: dict[str, RoomVersion] = {}
         #: the newest timeline events of active rooms (filled after each commit)
         self.recent = RecentTimeline(self.stream.current())
+        #: room id → whether a new event of the room goes into the cache and
+        #: :attr:`recent` at commit (the sync wiring: when someone waits on the room)
+        self.cache_new: Callable[[str], bool] | None = None
 
     # ------------------------------------------------------------------ writing
     def persist(self, txn: Txn, items: Sequence[PersistItem], delta: RoomDelta) -> None:
@@ -166,18 +169,25 @@ class EventStore:
     def _remember_persisted(self, room_id: str, items: Sequence[PersistItem],
                             rows: list[tuple]) -> None:
         """After commit: the new events go into the cache as a read would return them
-        (parsed from the stored JSON, so nothing shares the writer's dicts), and timeline
-        events into :attr:`recent`.  The /syncs woken next then read neither from the
-        store."""
+        (parsed from the stored JSON, so nothing shares the writer's dicts) when
+        :attr:`cache_new` says someone will read them, and timeline events into
+        :attr:`recent`.  The /syncs woken next then read neither from the store."""
+        keep = self.cache_new is None or self.cache_new(room_id)
         for it, row in zip(items, rows):
+            timeline = not (it.outlier or it.soft_failed or it.rejection is not None)
+            if timeline:
+                if keep:
+                    self.recent.add(room_id, row[1], it.stream_ordering)
+                else:
+                    self.recent.skip(room_id, it.stream_ordering)
+            if not keep:
+                continue
             se = StoredEvent(event=json.loads(row[9]), room_id=room_id,
                              stream_ordering=it.stream_ordering, state_group=it.state_group,
                              outlier=it.outlier, rejection=it.rejection,
                              soft_failed=it.soft_failed, redacted_by=None,
                              txn_device=row[14], txn_id=row[15])
             self._remember(se)
-            if not (it.outlier or it.soft_failed or it.rejection is not None):
-                self.recent.add(room_id, se.event_id, it.stream_ordering)
 
     def _apply_state_delta(self, txn: Txn, room_id: str,
                            state_delta: Mapping[StateKey, str | None],

@@ -12,7 +12,9 @@ tail.  That holds because every event this process stores passes through
   ``max(start position, horizon)``: the room had no event between start-up and now (else
   it would have a tail) — except before ``horizon``, the newest position of any tail
   evicted so far, past which the room may have had events in an evicted tail;
-* dropping the oldest entry (past ``per_room``) raises the floor to its position.
+* dropping the oldest entry (past ``per_room``) raises the floor to its position;
+* an event not kept (:meth:`skip`: the wiring keeps only rooms someone waits on, so that
+  memory follows the rooms being watched) drops its room's tail and raises ``horizon``.
 
 A query whose range reaches below the floor answers ``None``, and the caller reads the
 store.  Scale-out seam: with several processes writing one room's events this no longer
@@ -53,6 +55,13 @@ class RecentTimeline:
         entries.append((event_id, stream_ordering))
         if len(entries) > self._per_room:
             tail[0] = entries.popleft()[1]
+
+    def skip(self, room_id: str, stream_ordering: int) -> None:
+        """A committed timeline event not kept (nobody is waiting on its room): the room's
+        tail goes, and no tail-less room answers for a range below this position."""
+        self._tails.pop(room_id, None)
+        if stream_ordering > self._horizon:
+            self._horizon = stream_ordering
 
     def ids(self, room_id: str, lo: int, hi: int, limit: int
             ) -> list[tuple[str, int]] | None:

@@ -191,6 +191,15 @@ class Notifier:
             self._rooms.move_to_end(room_id)
         return members
 
+    def has_waiters(self, room_id: str) -> bool:
+        """Is a /sync of one of the room's local members waiting now?  (From memory only:
+        a room whose members are not loaded yet answers False.)"""
+        members = self._rooms.get(room_id)
+        if not members or not self._waiters:
+            return False
+        waiters = self._waiters
+        return any(u in waiters for u in members)
+
     def wake_room(self, room_id: str, stream: Stream | None = None, pos: int = 0) -> None:
         self.wake_users(self.room_members(room_id), stream, pos)
 

@@ -61,6 +61,9 @@ class SyncService:
             lambda room_id: self.store.local_members(room_id, self.local_suffix),
             self.store.joined_rooms)
         self.typing = TypingTracker(self.notifier)
+        # new events are cached at commit only for rooms someone is waiting on: they are
+        # read at once then; otherwise the cache would fill with events nobody reads
+        self.events.cache_new = self.notifier.has_waiters
         for stream in (self.events.stream, self.account_data.stream, self.receipts.stream,
                        self.presence.stream, self.to_device.stream, self.device_lists.stream):
             self.notifier.watch(stream)

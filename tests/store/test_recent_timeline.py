@@ -51,7 +51,10 @@ def test_matches_the_store_query_on_random_histories():
             if rng.random() < 0.2:
                 continue  # a position another room's failed write used, or an outlier
             truth.setdefault(room, []).append((f"${room}{so}", so))
-            r.add(room, f"${room}{so}", so)
+            if rng.random() < 0.1:
+                r.skip(room, so)
+            else:
+                r.add(room, f"${room}{so}", so)
         for _ in range(30):
             room = rng.choice("abcdef")
             lo = rng.randint(0, start + 40)
@@ -64,3 +67,15 @@ def test_matches_the_store_query_on_random_histories():
             want = [e for e in reversed(truth.get(room, [])) if lo < e[1] <= hi][:limit]
             assert got == want, (room, lo, hi, limit)
     assert answered > 1000  # most ranges are answered from memory
+
+
+def test_an_event_not_kept_drops_the_tail_and_raises_the_horizon():
+    r = RecentTimeline(start=0)
+    r.add("!a", "$a1", 1)
+    r.skip("!a", 2)                                # nobody waits on !a now
+    assert r.ids("!a", 0, 2, 10) is None
+    assert r.ids("!b", 1, 2, 10) is None           # !b could be the skipped one
+    assert r.ids("!b", 2, 5, 10) == []
+    r.add("!a", "$a3", 3)                          # watched again: a new tail above 2
+    assert r.ids("!a", 2, 3, 10) == [("$a3", 3)]
+    assert r.ids("!a", 1, 3, 10) is None
