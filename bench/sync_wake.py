@@ -6,8 +6,10 @@ Synapse.
 
 Without ``--url`` it starts Atrium itself (``gunicorn -k gevent web:app``, SQLite, rate
 limits off; bench/harness.py's launcher) and, with ``--synapse``, Synapse from the scratch
-venv of bench/synapse_peer.py with the same settings.  Users come from the shared-secret
-registration API.  Phases:
+venv of bench/synapse_peer.py with the same settings; both stay up for the whole run and
+are measured one at a time, phase by phase (the wake phases ``--rounds`` times, alternating
+between the servers), since this machine's speed drifts within minutes.  Users come from
+the shared-secret registration API.  Phases:
 
 1. wake latency: N syncers (8, then 100) long-poll ``/sync`` in one room; a sender posts
    ``--wakes`` messages one at a time; for each (syncer, message) the time from the start of
@@ -171,12 +173,24 @@ def wake_latency(server: rs.Server, syncers: int, wakes: int, profile_s: float =
     # from the send's 200: a syncer may hold its answer before the sender reads its 200
     # (the wake-up happens right after the commit), which counts as 0
     after_ack = [max(0.0, (got - acked_at[tag]) * 1000) for tag, got in arrivals]
-    return {"syncers": syncers, "wakes": wakes, "samples": len(latencies),
-            "missing": syncers * wakes - len(latencies),
-            "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
-            "ack_p50_ms": pct(after_ack, 50), "ack_p99_ms": pct(after_ack, 99),
-            "send_p50_ms": pct(send_ms, 50), "send_p99_ms": pct(send_ms, 99),
-            "cpu_ms_per_wake": cpu_ms}
+    return {"syncers": syncers, "wakes": wakes, "missing": syncers * wakes - len(latencies),
+            "latencies": latencies, "after_ack": after_ack, "send_ms": send_ms,
+            "cpu_ms": [cpu_ms]}
+
+
+def wake_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Percentiles over the samples of every round of one wake phase."""
+    lat = [v for r in rounds for v in r["latencies"]]
+    ack = [v for r in rounds for v in r["after_ack"]]
+    send = [v for r in rounds for v in r["send_ms"]]
+    cpu = [v for r in rounds for v in r["cpu_ms"]]
+    return {"syncers": rounds[0]["syncers"], "rounds": len(rounds),
+            "wakes": sum(r["wakes"] for r in rounds), "samples": len(lat),
+            "missing": sum(r["missing"] for r in rounds),
+            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+            "ack_p50_ms": pct(ack, 50), "ack_p99_ms": pct(ack, 99),
+            "send_p50_ms": pct(send, 50), "send_p99_ms": pct(send, 99),
+            "cpu_ms_per_wake": statistics.mean(cpu)}
 
 
 def idle_syncs(server: rs.Server, n: int, window: float) -> dict[str, float]:
@@ -249,23 +263,35 @@ def initial_sync(server: rs.Server, rooms: int, messages: int, runs: int = 3
             "response_kb": size / 1024}
 
 
-def run_all(server: rs.Server, args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"server": server.name}
-    say(f"{server.name}: idle RSS {rs.rss_mb([server.main_pid()]):.1f} MB")
+def run_all(servers: list[rs.Server], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every phase on every server, phase by phase and server after server (the wake
+    phases ``--rounds`` times, alternating), so that the figures compared were measured
+    minutes apart at most: this machine's speed drifts by tens of percent over a run."""
+    outs: list[dict[str, Any]] = [{"server": s.name} for s in servers]
+    for server in servers:
+        say(f"{server.name}: idle RSS {rs.rss_mb([server.main_pid()]):.1f} MB")
     for n in args.syncers:
-        say(f"{server.name}: wake latency, {n} syncers")
-        profile_s = args.profile if n == max(args.syncers) and server.name == "Atrium" else 0
-        out[f"wake{n}"] = wake_latency(server, n, args.wakes, profile_s)
-        say(f"  {out[f'wake{n}']}")
-    if args.idle:
-        say(f"{server.name}: {args.idle} idle long-polls")
-        out["idle"] = idle_syncs(server, args.idle, args.idle_window)
-        say(f"  {out['idle']}")
-    if args.rooms:
-        say(f"{server.name}: initial sync, {args.rooms} rooms x {args.messages} messages")
-        out["initial"] = initial_sync(server, args.rooms, args.messages)
-        say(f"  {out['initial']}")
-    return out
+        rounds: list[list[dict[str, Any]]] = [[] for _ in servers]
+        for r in range(args.rounds):
+            for i, server in enumerate(servers):
+                say(f"{server.name}: wake latency, {n} syncers (round {r + 1})")
+                profile_s = args.profile if (n == max(args.syncers) and r == 0
+                                             and server.name.startswith("Atrium")) else 0
+                rounds[i].append(wake_latency(server, n, args.wakes, profile_s))
+        for i, server in enumerate(servers):
+            outs[i][f"wake{n}"] = wake_summary(rounds[i])
+            say(f"  {server.name}: {outs[i][f'wake{n}']}")
+    for i, server in enumerate(servers):
+        if args.idle:
+            say(f"{server.name}: {args.idle} idle long-polls")
+            outs[i]["idle"] = idle_syncs(server, args.idle, args.idle_window)
+            say(f"  {outs[i]['idle']}")
+    for i, server in enumerate(servers):
+        if args.rooms:
+            say(f"{server.name}: initial sync, {args.rooms} rooms x {args.messages} messages")
+            outs[i]["initial"] = initial_sync(server, args.rooms, args.messages)
+            say(f"  {outs[i]['initial']}")
+    return outs
 
 
 def say(msg: str) -> None:
@@ -386,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pid", type=int, help="its worker pid (RSS/CPU)")
     p.add_argument("--synapse", action="store_true", help="also run against Synapse")
     p.add_argument("--syncers", type=int, nargs="+", default=[8, 100])
-    p.add_argument("--wakes", type=int, default=30)
+    p.add_argument("--wakes", type=int, default=30, help="messages per wake round")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="wake rounds per phase and server, alternating between the servers")
     p.add_argument("--idle", type=int, default=1000)
     p.add_argument("--idle-window", type=float, default=10.0)
     p.add_argument("--rooms", type=int, default=100)
@@ -399,22 +427,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="atrium-sync-bench-"))
     results = []
+    servers: list[rs.Server] = []
     try:
-        if args.url:
-            results.append(run_all(external(args), args))
-        else:
-            server = rs.start_atrium(workdir / "atrium", "5m")
-            try:
-                results.append(run_all(server, args))
-            finally:
-                server.stop()
+        # both servers up for the whole run (an idle one costs ~1 % of a core), measured
+        # one at a time
+        servers.append(external(args) if args.url
+                       else rs.start_atrium(workdir / "atrium", "5m"))
         if args.synapse:
-            server = start_synapse(workdir / "synapse")
-            try:
-                results.append(run_all(server, args))
-            finally:
-                server.stop()
+            servers.append(start_synapse(workdir / "synapse"))
+        results = run_all(servers, args)
     finally:
+        for server in servers:
+            try:
+                server.stop()
+            except Exception as e:  # noqa: BLE001 - stop the others anyway
+                say(f"stopping {server.name}: {e}")
         if args.keep:
             say(f"kept {workdir}")
         else:

@@ -16,9 +16,9 @@ same /sync response as the event itself"): the evaluator runs after the commit, 
 the wiring registers per database with :func:`set_barrier`.  The barrier opens once the
 room's events are evaluated, before their rows are committed: the counts add the evaluated
 rows their read does not find (``unwritten``; rows are unique per (user, event), so a row
-is never counted twice whether or not its write committed before the read).  Scale-out seam: with several
-processes the barrier becomes "evaluated position ≥ the room's stream position" read from
-``push_evaluator_position``.
+is never counted twice whether or not its write committed before the read).  Scale-out
+seam: with several processes the barrier becomes "evaluated position ≥ the room's stream
+position" read from ``push_evaluator_position``.
 """
 from __future__ import annotations
 
