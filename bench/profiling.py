@@ -26,7 +26,8 @@ def profile(pid: int, seconds: float, out: Path) -> str:
         synapse_peer.ensure_venv()
     raw = out.with_suffix(".txt")
     # --gil: only the thread holding the GIL is sampled, i.e. where Python CPU time goes
-    subprocess.run([str(spy), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", os.environ.get("ATRIUM_SPY_RATE", "200"),
+    rate = os.environ.get("ATRIUM_SPY_RATE", "200")  # samples per second
+    subprocess.run([str(spy), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", rate,
                     "--gil", "--format", "raw", "-o", str(raw), "--nonblocking"],
                    capture_output=True, check=False)
     if not raw.exists():

@@ -137,7 +137,8 @@ class EventStore:
             " state_group, txn_device, txn_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", ev_rows)
         # before the redactions' cache pops below: a target redacted in this very batch
         # must not stay cached unredacted
-        txn.call_after_commit(lambda: self._remember_persisted(room_id, items, ev_rows))
+        stored_json = [row[9] for row in ev_rows]
+        txn.call_after_commit(lambda: self._remember_persisted(room_id, items, stored_json))
         txn.executemany("INSERT INTO event_edges (event_id, prev_event_id, room_id)"
                         " VALUES (?, ?, ?) ON CONFLICT DO NOTHING", edges)
         txn.executemany("INSERT INTO event_auth (event_id, auth_id) VALUES (?, ?)"
@@ -167,27 +168,25 @@ class EventStore:
                         (delta.current_state_group, room_id))
 
     def _remember_persisted(self, room_id: str, items: Sequence[PersistItem],
-                            rows: list[tuple]) -> None:
+                            stored_json: list[str]) -> None:
         """After commit: the new events go into the cache as a read would return them
         (parsed from the stored JSON, so nothing shares the writer's dicts) when
         :attr:`cache_new` says someone will read them, and timeline events into
         :attr:`recent`.  The /syncs woken next then read neither from the store."""
         keep = self.cache_new is None or self.cache_new(room_id)
-        for it, row in zip(items, rows):
-            timeline = not (it.outlier or it.soft_failed or it.rejection is not None)
-            if timeline:
+        for it, js in zip(items, stored_json):
+            if not (it.outlier or it.soft_failed or it.rejection is not None):  # timeline
                 if keep:
-                    self.recent.add(room_id, row[1], it.stream_ordering)
+                    self.recent.add(room_id, it.event["event_id"], it.stream_ordering)
                 else:
                     self.recent.skip(room_id, it.stream_ordering)
-            if not keep:
-                continue
-            se = StoredEvent(event=json.loads(row[9]), room_id=room_id,
-                             stream_ordering=it.stream_ordering, state_group=it.state_group,
-                             outlier=it.outlier, rejection=it.rejection,
-                             soft_failed=it.soft_failed, redacted_by=None,
-                             txn_device=row[14], txn_id=row[15])
-            self._remember(se)
+            if keep:
+                txn_key = it.txn_key or (None, None, None)
+                self._remember(StoredEvent(
+                    event=json.loads(js), room_id=room_id, stream_ordering=it.stream_ordering,
+                    state_group=it.state_group, outlier=it.outlier, rejection=it.rejection,
+                    soft_failed=it.soft_failed, redacted_by=None, txn_device=txn_key[1],
+                    txn_id=txn_key[2]))
 
     def _apply_state_delta(self, txn: Txn, room_id: str,
                            state_delta: Mapping[StateKey, str | None],

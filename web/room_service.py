@@ -12,6 +12,8 @@ from flask import g, request
 
 from atrium.config import Config
 from atrium.errors import MatrixError
+from protocol.canonical import CanonicalJsonError
+from protocol.events import build_event
 from protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from store.database import Database
 from store.events import EventStore, StoredEvent
@@ -80,6 +82,25 @@ class RoomService:
         ts = max(int(time.time() * 1000), self._last_create_ts + 1)
         self._last_create_ts = ts
         return ts
+
+    def build_create_event(self, rv: RoomVersion, sender: str, content: dict[str, Any]
+                           ) -> dict[str, Any]:
+        """A new room's signed ``m.room.create`` (with a fresh room id, except where the
+        version derives it from the event's hash).  Content the room version cannot hold
+        (a float, an integer out of range in a strict version) is the client's error: 400
+        M_BAD_JSON, as for every other event (``RoomActor._build``)."""
+        room_id = None if rv.room_id_is_create_event_hash else self.new_room_id()
+        try:
+            # v12: the room id is the create event's hash; a per-process monotonic timestamp
+            # keeps two identical creates in the same millisecond from colliding
+            return build_event(rv, room_id=room_id, sender=sender, type="m.room.create",
+                               content=content, state_key="", prev_events=[], auth_events=[],
+                               depth=1, origin_server_ts=self.next_create_ts(),
+                               server_name=self.config.server_name,
+                               signing_key=self.deps.signing_key)
+        except CanonicalJsonError as e:
+            raise MatrixError(400, "M_BAD_JSON", f"The create content cannot go into room"
+                              f" version {rv.identifier}: {e}") from None
 
     def new_room_id(self) -> str:
         return "!" + "".join(secrets.choice(_ID_CHARS) for _ in range(18)) + \

@@ -12,15 +12,12 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from flask import Blueprint, Flask, jsonify
 
 from atrium.errors import MatrixError, invalid_param
-from protocol.canonical import CanonicalJsonError
-from protocol.events import build_event
 from protocol.ids import is_valid_room_id, is_valid_user_id
 from protocol.power_levels import creators, get_event_level, parse_level
 from protocol.room_versions import RoomVersion
@@ -178,7 +175,6 @@ class _InFlight:
 def register(app: Flask, runtime: Any) -> None:
     svc: RoomService = runtime.parts["rooms"]
     directory: DirectoryStore = runtime.parts["directory"]
-    config = runtime.config
     in_flight = _InFlight()
     bp = Blueprint("room_upgrade", __name__)
 
@@ -203,8 +199,7 @@ def register(app: Flask, runtime: Any) -> None:
             raise MatrixError(400, "M_UNKNOWN", "This room is already being upgraded")
         try:
             extra = [u for u in dict.fromkeys(extra) if u != req.user_id]
-            new_room = _upgrade(svc, directory, config.server_name, runtime.signing_key,
-                                room_id, old_rv, new_rv, req.user_id, extra)
+            new_room = _upgrade(svc, directory, room_id, old_rv, new_rv, req.user_id, extra)
         finally:
             in_flight.release(room_id)
         return jsonify({"replacement_room": new_room})
@@ -212,9 +207,8 @@ def register(app: Flask, runtime: Any) -> None:
     app.register_blueprint(bp)
 
 
-def _upgrade(svc: RoomService, directory: DirectoryStore, server_name: str, signing_key: Any,
-             old_room: str, old_rv: RoomVersion, new_rv: RoomVersion, user_id: str,
-             additional_creators: list[str]) -> str:
+def _upgrade(svc: RoomService, directory: DirectoryStore, old_room: str, old_rv: RoomVersion,
+             new_rv: RoomVersion, user_id: str, additional_creators: list[str]) -> str:
     from web.rooms import get_profile
 
     state_ids = svc.events.get_current_state_ids(old_room)
@@ -234,15 +228,7 @@ def _upgrade(svc: RoomService, directory: DirectoryStore, server_name: str, sign
                         additional_creators, member)
 
     was_public = bool(directory.is_public(old_room))
-    room_id = None if new_rv.room_id_is_create_event_hash else svc.new_room_id()
-    try:
-        create = build_event(new_rv, room_id=room_id, sender=user_id, type="m.room.create",
-                             content=plan.create_content, state_key="", prev_events=[],
-                             auth_events=[], depth=1, origin_server_ts=int(time.time() * 1000),
-                             server_name=server_name, signing_key=signing_key)
-    except CanonicalJsonError as e:  # e.g. a float in content carried into a strict version
-        raise MatrixError(400, "M_BAD_JSON", f"The room's create content cannot go into room"
-                          f" version {new_rv.identifier}: {e}") from None
+    create = svc.build_create_event(new_rv, user_id, plan.create_content)
     new_room = create["room_id"]
     svc.ask(new_room, InitRoom(create_event=create, initial=plan.initial,
                                is_public=was_public))

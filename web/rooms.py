@@ -10,8 +10,6 @@ from urllib.parse import unquote
 from flask import Blueprint, Flask, g, jsonify
 
 from atrium.errors import MatrixError
-from protocol.canonical import CanonicalJsonError
-from protocol.events import build_event
 from protocol.ids import is_valid_room_alias, is_valid_room_id, is_valid_user_id, server_of
 from web.auth import Requester, require_auth
 from web.http import check_type, json_body, require
@@ -72,17 +70,7 @@ def register(app: Flask, runtime: Any) -> None:
             raise MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken")
         from web.directory import alias_creation_allowed, publication_allowed
 
-        # v12: the room id is the create event's hash; a per-process monotonic timestamp
-        # keeps two identical creates in the same millisecond from colliding
-        room_id = None if rv.room_id_is_create_event_hash else svc.new_room_id()
-        try:
-            create = build_event(rv, room_id=room_id, sender=req.user_id, type="m.room.create",
-                                 content=plan.create_content, state_key="", prev_events=[],
-                                 auth_events=[], depth=1, origin_server_ts=svc.next_create_ts(),
-                                 server_name=config.server_name, signing_key=runtime.signing_key)
-        except CanonicalJsonError as e:
-            raise MatrixError(400, "M_BAD_JSON", f"creation_content is not canonical JSON: {e}"
-                              ) from None
+        create = svc.build_create_event(rv, req.user_id, plan.create_content)
         room_id = create["room_id"]
         if plan.alias is not None and not alias_creation_allowed(
                 config, req.user_id, room_id, plan.alias, req.is_admin):
