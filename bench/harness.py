@@ -43,12 +43,10 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds_fine(pids: list[int]) -> float:
-    """CPU time of the processes' live threads: nanoseconds on CPU from
-    ``/proc/PID/task/TID/schedstat`` where the kernel has it (clock ticks of 10 ms make a
-    0.2 % idle load read as 0.1 % or 0.3 %), else :func:`cpu_seconds`.  Threads that exit
-    take their time with them: for short windows of a quiet server (idle CPU) only."""
-    total_ns, seen = 0, False
+def thread_cpu_ns(pids: list[int]) -> dict[tuple[int, int], int]:
+    """(pid, tid) → nanoseconds on CPU, from ``/proc/PID/task/TID/schedstat`` (clock ticks
+    of 10 ms make a 0.2 % idle load read as 0.1 % or 0.3 %); {} where the kernel has none."""
+    out: dict[tuple[int, int], int] = {}
     for pid in pids:
         try:
             tids = os.listdir(f"/proc/{pid}/task")
@@ -56,13 +54,20 @@ def cpu_seconds_fine(pids: list[int]) -> float:
             continue
         for tid in tids:
             try:
-                total_ns += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-                seen = True
+                ns = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 continue
-    if seen:
-        return total_ns / 1e9
-    return cpu_seconds(pids)
+            out[(pid, int(tid))] = ns
+    return out
+
+
+def cpu_seconds_between(before: dict[tuple[int, int], int],
+                        after: dict[tuple[int, int], int]) -> float:
+    """CPU seconds spent between two :func:`thread_cpu_ns` samples, thread by thread: a
+    thread that started meanwhile counts in full, one that exited meanwhile (an idle
+    thread-pool worker) counts nothing for its last moments, never a negative amount."""
+    return sum(ns - before.get(key, 0) for key, ns in after.items()
+               if ns >= before.get(key, 0)) / 1e9
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -204,9 +204,13 @@ def idle_syncs(server: rs.Server, n: int, window: float) -> dict[str, float]:
     if any(g.dead for g in held):
         raise RuntimeError("an idle sync returned early")
     rss = rs.rss_mb([server.main_pid()])
-    cpu0, t0 = rs.cpu_seconds_fine(server.pids()), time.monotonic()
+    fine0, ticks0, t0 = (rs.thread_cpu_ns(server.pids()), rs.cpu_seconds(server.pids()),
+                         time.monotonic())
     gevent.sleep(window)
-    cpu = (rs.cpu_seconds_fine(server.pids()) - cpu0) / (time.monotonic() - t0) * 100
+    fine1, ticks1, t1 = (rs.thread_cpu_ns(server.pids()), rs.cpu_seconds(server.pids()),
+                         time.monotonic())
+    spent = rs.cpu_seconds_between(fine0, fine1) if fine0 and fine1 else ticks1 - ticks0
+    cpu = spent / (t1 - t0) * 100
     early = sum(g.dead for g in held)
     gevent.killall(held, block=False)
     for c in conns:
@@ -413,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synapse", action="store_true", help="also run against Synapse")
     p.add_argument("--syncers", type=int, nargs="+", default=[8, 100])
     p.add_argument("--wakes", type=int, default=30, help="messages per wake round")
-    p.add_argument("--rounds", type=int, default=2,
+    p.add_argument("--rounds", type=int, default=3,
                    help="wake rounds per phase and server, alternating between the servers")
     p.add_argument("--idle", type=int, default=1000)
     p.add_argument("--idle-window", type=float, default=10.0)

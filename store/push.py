@@ -35,7 +35,9 @@ MAIN = "main"
 UNTHREADED = ""
 READ_RECEIPTS = ("m.read", "m.read.private")
 BARRIER_TIMEOUT = 2.0
-INLINE_COUNTS = 16   # (user, room) pairs read without a thread
+#: batches of counts over at most this many rooms are read without a thread: a few indexed
+#: statements per room, whatever its number of members
+INLINE_COUNT_ROOMS = 4
 
 Barrier = Callable[[str, float], None]
 #: (user, room) → (rows (event_id, stream_ordering, thread_id, highlight), own events
@@ -75,56 +77,108 @@ def wait_evaluated(db: Database, room_id: str, timeout: float = BARRIER_TIMEOUT)
 
 def read_positions(txn: Txn, user_id: str, room_id: str) -> dict[str, int]:
     """thread_id ('' = unthreaded, 'main', or a root) → the stream position read up to."""
-    out: dict[str, int] = {}
-    for thread_id, pos in txn.query(
-            "SELECT thread_id, MAX(event_stream_ordering) FROM receipts WHERE room_id = ?"
-            " AND user_id = ? AND receipt_type IN (?, ?) GROUP BY thread_id",
-            (room_id, user_id, *READ_RECEIPTS)):
-        out[thread_id] = max(out.get(thread_id, -1), int(pos))
-    for thread_id, pos in txn.query(
-            "SELECT thread_id, stream_ordering FROM event_push_own WHERE user_id = ?"
-            " AND room_id = ?", (user_id, room_id)):
-        out[thread_id] = max(out.get(thread_id, -1), int(pos))
+    return _read_positions_many(txn, room_id, [user_id]).get(user_id, {})
+
+
+def _in_list(values: Sequence[Any]) -> str:
+    return ",".join("?" * len(values))
+
+
+def _read_positions_many(txn: Txn, room_id: str, users: Sequence[str]
+                         ) -> dict[str, dict[str, int]]:
+    """:func:`read_positions` of several users of one room: two queries in all."""
+    out: dict[str, dict[str, int]] = {}
+    marks = _in_list(users)
+    for user_id, thread_id, pos in txn.query(
+            "SELECT user_id, thread_id, MAX(event_stream_ordering) FROM receipts WHERE"
+            f" room_id = ? AND user_id IN ({marks}) AND receipt_type IN (?, ?)"
+            " GROUP BY user_id, thread_id", (room_id, *users, *READ_RECEIPTS)):
+        reads = out.setdefault(user_id, {})
+        reads[thread_id] = max(reads.get(thread_id, -1), int(pos))
+    for user_id, thread_id, pos in txn.query(
+            "SELECT user_id, thread_id, stream_ordering FROM event_push_own WHERE"
+            f" room_id = ? AND user_id IN ({marks})", (room_id, *users)):
+        reads = out.setdefault(user_id, {})
+        reads[thread_id] = max(reads.get(thread_id, -1), int(pos))
     return out
+
+
+#: users per statement of :func:`_counts_room` (parameters stay far below either
+#: engine's limit)
+COUNT_CHUNK = 200
+_NOTHING: tuple[tuple[()], tuple[()]] = ((), ())
 
 
 def _counts_txn(txn: Txn, user_id: str, room_id: str,
                 unwritten: tuple[Sequence[tuple[str, int, str, bool]],
-                                 Sequence[tuple[str, int]]] = ((), ())) -> dict[str, Any]:
-    """The counts from the rows committed, plus the ``unwritten`` ones this read does not
-    find (an evaluated batch whose write has not committed: see :func:`unread_counts`)."""
-    reads = read_positions(txn, user_id, room_id)
-    pending_rows, pending_own = unwritten
-    for thread_id, pos in pending_own:  # own events move read positions: max() is safe
-        if pos > reads.get(thread_id, -1):
-            reads[thread_id] = pos
-    base = reads.get(UNTHREADED, -1)
-    per_thread: dict[str, list[int]] = {}
-    for thread_id, n, h in txn.query(
-            "SELECT thread_id, COUNT(*), SUM(highlight) FROM event_push_actions WHERE"
-            " user_id = ? AND room_id = ? AND stream_ordering > ? GROUP BY thread_id",
-            (user_id, room_id, base)):
-        per_thread[thread_id] = [int(n), int(h or 0)]
-    for thread_id, pos in reads.items():
-        if thread_id == UNTHREADED or pos <= base or thread_id not in per_thread:
-            continue
-        n, h = txn.query_one(
-            "SELECT COUNT(*), SUM(highlight) FROM event_push_actions WHERE user_id = ?"
-            " AND room_id = ? AND thread_id = ? AND stream_ordering > ?",
-            (user_id, room_id, thread_id, pos)) or (0, 0)
-        per_thread[thread_id] = [int(n), int(h or 0)]
-    if pending_rows:
-        ids = [r[0] for r in pending_rows]
-        marks = ",".join("?" * len(ids))
-        stored = {r[0] for r in txn.query(
-            f"SELECT event_id FROM event_push_actions WHERE user_id = ? AND event_id IN"
-            f" ({marks})", (user_id, *ids))}
-        for event_id, so, thread_id, highlight in pending_rows:
-            if event_id in stored or so <= max(base, reads.get(thread_id, -1)):
+                                 Sequence[tuple[str, int]]] = _NOTHING) -> dict[str, Any]:
+    """The counts of one user in one room (see :func:`_counts_room`)."""
+    return _counts_room(txn, room_id, [user_id], {user_id: unwritten})[user_id]
+
+
+def _counts_room(txn: Txn, room_id: str, users: Sequence[str],
+                 unwritten: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each user's counts in one room from the rows committed, plus the ``unwritten`` ones
+    this read does not find (an evaluated batch whose write has not committed: see
+    :func:`unread_counts`).  Four statements for a chunk of users, whatever its size (the
+    /syncs of a room's members woken by one event read together); a second count only
+    for a user whose threaded receipt is ahead of their unthreaded one."""
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(users), COUNT_CHUNK):
+        chunk = users[i:i + COUNT_CHUNK]
+        out.update(_counts_chunk(txn, room_id, chunk, unwritten))
+    return out
+
+
+def _counts_chunk(txn: Txn, room_id: str, users: Sequence[str],
+                  unwritten: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    all_reads = _read_positions_many(txn, room_id, users)
+    bases: dict[str, int] = {}
+    for user_id in users:
+        reads = all_reads.setdefault(user_id, {})
+        for thread_id, pos in unwritten.get(user_id, _NOTHING)[1]:
+            # own events move read positions: max() is safe
+            if pos > reads.get(thread_id, -1):
+                reads[thread_id] = pos
+        bases[user_id] = reads.get(UNTHREADED, -1)
+    per_thread: dict[str, dict[str, list[int]]] = {u: {} for u in users}
+    values = ",".join("(?, CAST(? AS BIGINT))" for _ in users)
+    for user_id, thread_id, n, h in txn.query(
+            f"WITH w(u, b) AS (VALUES {values}) SELECT a.user_id, a.thread_id, COUNT(*),"
+            " SUM(a.highlight) FROM w JOIN event_push_actions a ON a.user_id = w.u"
+            " AND a.room_id = ? AND a.stream_ordering > w.b GROUP BY a.user_id, a.thread_id",
+            (*[x for u in users for x in (u, bases[u])], room_id)):
+        per_thread[user_id][thread_id] = [int(n), int(h or 0)]
+    for user_id in users:
+        base, counts = bases[user_id], per_thread[user_id]
+        for thread_id, pos in all_reads[user_id].items():
+            if thread_id == UNTHREADED or pos <= base or thread_id not in counts:
                 continue
-            cell = per_thread.setdefault(thread_id, [0, 0])
-            cell[0] += 1
-            cell[1] += int(highlight)
+            n, h = txn.query_one(
+                "SELECT COUNT(*), SUM(highlight) FROM event_push_actions WHERE user_id = ?"
+                " AND room_id = ? AND thread_id = ? AND stream_ordering > ?",
+                (user_id, room_id, thread_id, pos)) or (0, 0)
+            counts[thread_id] = [int(n), int(h or 0)]
+    pending = {u: unwritten[u][0] for u in users if u in unwritten and unwritten[u][0]}
+    if pending:
+        ids = sorted({r[0] for rows in pending.values() for r in rows})
+        holders = list(pending)
+        stored = set(txn.query(
+            f"SELECT user_id, event_id FROM event_push_actions WHERE user_id IN"
+            f" ({_in_list(holders)}) AND event_id IN ({_in_list(ids)})", (*holders, *ids)))
+        for user_id, rows in pending.items():
+            reads, base, counts = all_reads[user_id], bases[user_id], per_thread[user_id]
+            for event_id, so, thread_id, highlight in rows:
+                if (user_id, event_id) in stored \
+                        or so <= max(base, reads.get(thread_id, -1)):
+                    continue
+                cell = counts.setdefault(thread_id, [0, 0])
+                cell[0] += 1
+                cell[1] += int(highlight)
+    return {u: _shape_counts(per_thread[u]) for u in users}
+
+
+def _shape_counts(per_thread: dict[str, list[int]]) -> dict[str, Any]:
     total = [sum(v[0] for v in per_thread.values()), sum(v[1] for v in per_thread.values())]
     main = per_thread.get(MAIN, [0, 0])
     threads = {t: {"notification_count": v[0], "highlight_count": v[1]}
@@ -140,7 +194,15 @@ def _counts_many(txn: Txn, wanted: list[tuple[str, str]],
         # one snapshot for the whole read: under READ COMMITTED a write committing between
         # the count and the "already stored?" check would hide its rows from both
         txn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-    return {k: _counts_txn(txn, *k, pending.get(k, ((), ()))) for k in wanted}
+    by_room: dict[str, list[str]] = {}
+    for user_id, room_id in wanted:
+        by_room.setdefault(room_id, []).append(user_id)
+    out: dict[tuple[str, str], Any] = {}
+    for room_id, users in by_room.items():
+        got = _counts_room(txn, room_id, users,
+                           {u: pending[(u, room_id)] for u in users if (u, room_id) in pending})
+        out.update(((u, room_id), c) for u, c in got.items())
+    return out
 
 
 class _CountBatch:
@@ -188,10 +250,10 @@ def unread_counts(db: Database, user_id: str, room_id: str) -> dict[str, Any]:
         # taken here, after every caller passed the barrier: a batch evaluated by then is
         # either committed in the read's snapshot or still listed (removed after commit)
         pending = {k: unwritten(*k) for k in wanted} if unwritten is not None else {}
-        # a few rooms' counts (the /syncs of a small room woken by one event) are a few
-        # indexed lookups each: cheaper here than a round trip through a thread
+        # a few rooms' counts (the /syncs of a room woken by one event) are a few indexed
+        # statements each: cheaper here than a round trip through a thread
         got = db.run("unread_counts", lambda t: _counts_many(t, wanted, pending),
-                     inline=len(wanted) <= INLINE_COUNTS)
+                     inline=len({r for _, r in wanted}) <= INLINE_COUNT_ROOMS)
     except BaseException as e:  # the joiners must not wait forever (also on a kill)
         if _open_batches.get(db) is batch:
             del _open_batches[db]

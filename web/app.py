@@ -12,7 +12,8 @@ from urllib.parse import quote, unquote_to_bytes
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from flask import Flask, Response, g, request
+from flask import Flask, Request, Response, g, request
+from werkzeug.datastructures import ImmutableMultiDict
 
 from atrium.config import Config, ConfigError, load_config
 from atrium.errors import MatrixError
@@ -28,6 +29,9 @@ CORS_HEADERS = {
     "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
     "Access-Control-Expose-Headers": "X-Request-Id, Server",
 }
+#: (lower-case name, name, value) set on every response that does not set them itself
+_DEFAULT_HEADERS = tuple((k.lower(), k, v) for k, v in {
+    **CORS_HEADERS, "Cache-Control": "no-cache, no-store, must-revalidate"}.items())
 
 
 @dataclass
@@ -91,11 +95,27 @@ class LegacyPathMiddleware:
         return self.wsgi(environ, start_response)
 
 
+class _QueryArgs(ImmutableMultiDict):
+    """Query and form parameters whose ``get`` of a missing key returns the default without
+    raising (werkzeug builds a ``BadRequestKeyError`` per miss, and /sync alone asks for
+    several optional parameters on every request)."""
+
+    def get(self, key: Any, default: Any = None, type: Any = None) -> Any:  # noqa: A002
+        if key not in self:
+            return default
+        return super().get(key, default, type)
+
+
+class AtriumRequest(Request):
+    parameter_storage_class = _QueryArgs
+
+
 def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
     from atrium.keys import load_or_create_signing_key
     from store.database import open_database
 
     app = Flask("atrium")
+    app.request_class = AtriumRequest
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
     app.config["ATRIUM_MAX_BODY"] = config.max_request_body_size
@@ -123,7 +143,7 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
 
     @app.before_request
     def _start() -> Response | None:
-        given = request.headers.get("X-Request-Id", "")
+        given = request.environ.get("HTTP_X_REQUEST_ID", "")
         # a client may name its request (to find it in traces); only safe, short ids
         rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:12]
         g.request_id = rid
@@ -134,11 +154,15 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
 
     @app.after_request
     def _finish(resp: Response) -> Response:
-        for k, v in CORS_HEADERS.items():
-            resp.headers.setdefault(k, v)
-        if "request_id" in g:
-            resp.headers.setdefault("X-Request-Id", g.request_id)
-        resp.headers.setdefault("Cache-Control", "no-cache, no-store, must-revalidate")
+        # one pass over the headers the handler set (werkzeug's setdefault scans them all
+        # for each default: most of this hook's cost on a small JSON answer)
+        headers = resp.headers
+        present = {k.lower() for k in headers.keys()}
+        for lower, k, v in _DEFAULT_HEADERS:
+            if lower not in present:
+                headers.add(k, v)
+        if "x-request-id" not in present and "request_id" in g:
+            headers.add("X-Request-Id", g.request_id)
         if log.isEnabledFor(logging.INFO) and (request.path.startswith("/_matrix/")
                                                or request.path.startswith("/_synapse/")):
             log.info("%s %s -> %s", request.method, _safe_path(), resp.status_code)

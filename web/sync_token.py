@@ -29,12 +29,14 @@ class SyncToken:
     device_lists: int = 0
 
     def encode(self) -> str:
-        return "s" + "_".join(str(getattr(self, f.name)) for f in fields(self))
+        return (f"s{self.events}_{self.typing}_{self.receipts}_{self.account_data}"
+                f"_{self.presence}_{self.to_device}_{self.device_lists}")
 
     def max(self, other: "SyncToken") -> "SyncToken":
         """Stream by stream, the later position (tokens never move backwards)."""
-        return SyncToken(*(max(getattr(self, f.name), getattr(other, f.name))
-                           for f in fields(self)))
+        if self == other:
+            return self
+        return SyncToken(*(max(getattr(self, f), getattr(other, f)) for f in _FIELDS))
 
     @classmethod
     def decode(cls, raw: str) -> "SyncToken":
@@ -42,6 +44,10 @@ class SyncToken:
         if m is None:
             raise MatrixError(400, "M_INVALID_PARAM", f"Invalid sync token {raw!r}")
         return cls(*(int(g) for g in m.groups()))
+
+
+_FIELDS = tuple(f.name for f in fields(SyncToken))
+assert len(_FIELDS) == 7, "encode() and the token pattern name every stream"
 
 
 def room_position_token(stream_ordering: int) -> str:
