@@ -80,31 +80,59 @@ def _filter(runtime: Any, user_id: str, param: str | None) -> SyncFilter:
 
 def sync_wait(svc: Any, user_id: str, device_id: str | None, since: SyncToken | None,
               filt: SyncFilter, full_state: bool, timeout_ms: int) -> dict[str, Any]:
-    """Compute; while empty, sleep on the notifier until woken or the timeout ends."""
+    """Compute; while empty, sleep on the notifier until woken or the timeout ends.
+
+    A client polls again with the ``next_batch`` it was just given: when every stream is
+    still at that token (and the device has no to-device message to acknowledge), the
+    answer is known to be empty and the poll parks without computing it; the checks
+    happen after the waiter is armed, so a stream moving right after them wakes it."""
     waiter = None
     if since is not None and timeout_ms > 0 and not full_state:
         waiter = svc.notifier.register(user_id)  # before computing: no wake-up is lost
     deadline = time.monotonic() + timeout_ms / 1000.0
     try:
         first = True
+        kept: tuple[str, dict[str, int], list[str]] | None = None
         while True:
             if waiter is not None:
                 waiter.event.clear()
-            body, empty = compute_sync(svc, user_id, device_id, since, filt, full_state, first)
+            if first and waiter is not None and _nothing_new(svc, user_id, device_id, since):
+                kept = None  # parked without an answer: the key counts are read at the end
+            else:
+                body, empty = compute_sync(svc, user_id, device_id, since, filt, full_state,
+                                           first)
+                if waiter is None or not empty:
+                    return body
+                # held while asleep: only what differs between empty answers (an idle
+                # sync should cost little more than its connection)
+                kept = (body["next_batch"], body["device_one_time_keys_count"],
+                        body["device_unused_fallback_key_types"])
+                del body
             first = False
-            if waiter is None or not empty:
-                return body
-            # held while asleep: only what differs between empty answers (an idle sync
-            # should cost little more than its connection)
-            kept = (body["next_batch"], body["device_one_time_keys_count"],
-                    body["device_unused_fallback_key_types"])
-            del body
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not waiter.wait(remaining) or svc.notifier.closed:
-                return _empty_body(*kept)  # timed out, or the server is shutting down
+                # timed out, or the server is shutting down
+                if kept is None:
+                    assert since is not None
+                    kept = (since.encode(), _key_counts(svc, user_id, device_id),
+                            _fallback_types(svc, user_id, device_id))
+                return _empty_body(*kept)
     finally:
         if waiter is not None:
             svc.notifier.unregister(waiter)
+
+
+def _nothing_new(svc: Any, user_id: str, device_id: str | None,
+                 since: SyncToken | None) -> bool:
+    """Whether an incremental answer from ``since`` is empty without computing it: every
+    stream's position is the token's, and the device's to-device inbox needs neither an
+    acknowledgement nor a first read from the store."""
+    if since is None or svc.current_token() != since:
+        return False
+    if device_id is None:
+        return True
+    key = (user_id, device_id)
+    return key not in svc.td_unacked and bool(svc.td_checked.get(key))
 
 
 def compute_sync(svc: Any, user_id: str, device_id: str | None, since: SyncToken | None,

@@ -245,3 +245,77 @@ def test_initial_sync_of_many_rooms_reads_them_side_by_side(app):
                                                   "highlight_count": 0}
         got = joined["state"]["events"] + joined["timeline"]["events"]
         assert [e["content"]["name"] for e in got if e["type"] == "m.room.name"] == [f"r{i}"]
+
+
+@pytest.fixture
+def computes(monkeypatch):
+    """Counter of compute_sync calls (how many answers /sync worked out)."""
+    from web import sync as sync_mod
+
+    calls = Counter()
+    real = sync_mod.compute_sync
+
+    def counting(*args, **kw):
+        calls["compute"] += 1
+        return real(*args, **kw)
+
+    monkeypatch.setattr(sync_mod, "compute_sync", counting)
+    return calls
+
+
+def _settled(client):
+    """A token at which every stream stands still (presence updates are asynchronous)."""
+    since = client.sync(filter=QUIET, set_presence="offline")["next_batch"]
+    for _ in range(40):
+        nxt = client.sync(since=since, filter=QUIET, set_presence="offline")["next_batch"]
+        if nxt == since:
+            return since
+        since = nxt
+        gevent.sleep(0.05)
+    raise AssertionError("the streams never settled")
+
+
+def test_a_poll_with_the_token_just_given_parks_without_computing(app, sync_svc, computes):
+    alice, (bob,), room = _room_with(app, 1)
+    since = _settled(bob)
+    computes.clear()
+    # nothing moved: the answer is known to be empty, and says so after the timeout
+    quiet = bob.sync(since=since, timeout=100, filter=QUIET, set_presence="offline")
+    assert computes["compute"] == 0
+    assert quiet["next_batch"] == since
+    assert quiet["rooms"]["join"] == {} and quiet["to_device"]["events"] == []
+    assert "device_one_time_keys_count" in quiet
+    # woken by a new event: computed once, and the event is there
+    out = {}
+    waiter = gevent.spawn(lambda: out.update(bob.sync(
+        since=since, timeout=10_000, filter=QUIET, set_presence="offline")))
+    gevent.sleep(0.1)
+    assert sync_svc.notifier.waiting() == 1 and computes["compute"] == 0
+    alice.send(room, "news")
+    waiter.join(timeout=10)
+    assert bodies(out, room) == ["news"]
+    assert computes["compute"] >= 1
+
+
+def test_a_poll_behind_the_streams_or_owing_an_ack_computes(app, sync_svc, computes):
+    alice, (bob,), room = _room_with(app, 1)
+    since = _settled(bob)
+    alice.send(room, "while away")
+    computes.clear()
+    assert bodies(bob.sync(since=since, timeout=5_000, filter=QUIET,
+                           set_presence="offline"), room) == ["while away"]
+    assert computes["compute"] >= 1
+    # a to-device message delivered: the next poll (with the token that carried it) must
+    # acknowledge it, so it computes even though no stream moved since
+    since = _settled(bob)
+    alice.req("PUT", "/_matrix/client/v3/sendToDevice/m.test/t1",
+              {"messages": {bob.user_id: {bob.device_id: {"n": 1}}}})
+    got = bob.sync(since=since, filter=QUIET, set_presence="offline")
+    assert [e["content"] for e in got["to_device"]["events"]] == [{"n": 1}]
+    computes.clear()
+    after = bob.sync(since=got["next_batch"], timeout=100, filter=QUIET,
+                     set_presence="offline")
+    assert computes["compute"] >= 1 and after["to_device"]["events"] == []
+    gevent.sleep(0.05)
+    assert runtime_of(app).db.run("n", lambda t: t.query_value(
+        "SELECT COUNT(*) FROM device_inbox")) == 0
