@@ -103,16 +103,25 @@ class Coalescer(Generic[K]):
             flight.set()
 
 
-class RoomPositions:
-    """room → latest event position, complete for every position up to ``hwm``."""
+#: rooms whose latest positions RoomPositions keeps (the most recently active ones)
+POSITION_ROOMS = 4_096
 
-    def __init__(self, start: int, heal: Callable[[int, int], Iterable[tuple[str, int]]]) -> None:
-        self.floor = start           # below this the map knows nothing (before boot)
-        self.hwm = start
+
+class RoomPositions:
+    """room → latest event position, complete for every position up to ``hwm`` and from
+    ``floor`` on.  Only the ``max_rooms`` most recently active rooms are kept: dropping a
+    room raises ``floor`` to its latest position, so "not in the map" still means "no event
+    after ``floor``", and a reader with an older token is told the map cannot answer."""
+
+    def __init__(self, start: int, heal: Callable[[int, int], Iterable[tuple[str, int]]],
+                 max_rooms: int = POSITION_ROOMS) -> None:
+        self.floor = start           # below this the map knows nothing (before boot, or
+        self.hwm = start             # a dropped room's events)
         self._heal = heal            # (lo, hi] → (room_id, max position) rows from the store
-        self._last: dict[str, int] = {}
+        self._last: OrderedDict[str, int] = OrderedDict()
         self.last_member: dict[str, int] = {}   # room → latest m.room.member position
         self._pending: set[int] = set()
+        self.max_rooms = max_rooms
 
     def note(self, room_id: str, positions: Iterable[int], member_positions: Iterable[int] = ()
              ) -> None:
@@ -125,13 +134,22 @@ class RoomPositions:
                 last = p
             if p > self.hwm:
                 self._pending.add(p)
-        self._last[room_id] = last
+        self._set(room_id, last)
         pending = self._pending
         while self.hwm + 1 in pending:
             pending.discard(self.hwm + 1)
             self.hwm += 1
         if len(pending) > MAX_PENDING:
             pending.clear()  # a long-stuck gap: the next reader heals with one query
+
+    def _set(self, room_id: str, last: int) -> None:
+        self._last[room_id] = last
+        self._last.move_to_end(room_id)
+        while len(self._last) > self.max_rooms:
+            dropped, pos = self._last.popitem(last=False)
+            self.last_member.pop(dropped, None)
+            if pos > self.floor:
+                self.floor = pos
 
     def moved_since(self, since: int, upto: int) -> Callable[[str], bool] | None:
         """A test "did room r get an event in (since, upto]?" (it may say yes for an event
@@ -142,11 +160,15 @@ class RoomPositions:
         if upto > self.hwm:
             for room_id, pos in self._heal(self.hwm, upto):
                 if pos > self._last.get(room_id, 0):
-                    self._last[room_id] = pos
+                    self._set(room_id, pos)
             self.hwm = upto
             self._pending = {p for p in self._pending if p > upto}
+            if since < self.floor:  # the healed rooms pushed out one newer than the token
+                return None
         last = self._last
-        return lambda room_id: last.get(room_id, 0) > since
+        # should rooms be dropped while the caller still asks (a burst of other rooms), the
+        # test answers yes for every room it no longer knows: the range query decides
+        return lambda room_id: last.get(room_id, 0) > since or self.floor > since
 
     def members_moved(self, rooms: Iterable[str], since: int) -> bool | None:
         """Did any of ``rooms`` get a member event after ``since``?  (None: unknown.)"""
