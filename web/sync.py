@@ -96,11 +96,11 @@ def sync_wait(svc: Any, user_id: str, device_id: str | None, since: SyncToken | 
         while True:
             if waiter is not None:
                 waiter.event.clear()
-            if first and waiter is not None and _nothing_new(svc, user_id, device_id, since):
-                kept = None  # parked without an answer: the key counts are read at the end
-            else:
-                body, empty = compute_sync(svc, user_id, device_id, since, filt, full_state,
-                                           first)
+            quiet = first and waiter is not None and _nothing_new(svc, user_id, device_id,
+                                                                  since)
+            first = False
+            if not quiet:
+                body, empty = compute_sync(svc, user_id, device_id, since, filt, full_state)
                 if waiter is None or not empty:
                     return body
                 # held while asleep: only what differs between empty answers (an idle
@@ -108,11 +108,10 @@ def sync_wait(svc: Any, user_id: str, device_id: str | None, since: SyncToken | 
                 kept = (body["next_batch"], body["device_one_time_keys_count"],
                         body["device_unused_fallback_key_types"])
                 del body
-            first = False
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not waiter.wait(remaining) or svc.notifier.closed:
                 # timed out, or the server is shutting down
-                if kept is None:
+                if kept is None:  # parked without an answer (quiet): read the key counts now
                     assert since is not None
                     kept = (since.encode(), _key_counts(svc, user_id, device_id),
                             _fallback_types(svc, user_id, device_id))
@@ -136,18 +135,15 @@ def _nothing_new(svc: Any, user_id: str, device_id: str | None,
 
 
 def compute_sync(svc: Any, user_id: str, device_id: str | None, since: SyncToken | None,
-                 filt: SyncFilter, full_state: bool, first: bool = True
-                 ) -> tuple[dict[str, Any], bool]:
+                 filt: SyncFilter, full_state: bool) -> tuple[dict[str, Any], bool]:
     """One /sync answer at the current positions; (body, whether it carries nothing new)."""
     upto = svc.current_token()
     if since is not None:
         upto = upto.max(since)
+    lazy = svc.lazy_cache(user_id, device_id)
     if since is None:
-        lazy = svc.lazy_cache(user_id, device_id)
         lazy.clear()  # a fresh sync: the device has no members yet
-    else:
-        lazy = svc.lazy_cache(user_id, device_id)
-    to_device, upto = _to_device(svc, user_id, device_id, since, upto, first)
+    to_device, upto = _to_device(svc, user_id, device_id, since, upto)
     ctx = SyncContext(svc=svc, user_id=user_id, device_id=device_id, since=since, upto=upto,
                       filter=filt, full_state=full_state,
                       ignored=svc.ignored_users(user_id), lazy_sent=lazy)
@@ -185,7 +181,7 @@ def _empty_body(next_batch: str, key_counts: dict[str, int], fallback_types: lis
 
 
 def _to_device(svc: Any, user_id: str, device_id: str | None, since: SyncToken | None,
-               upto: SyncToken, first: bool) -> tuple[list[dict[str, Any]], SyncToken]:
+               upto: SyncToken) -> tuple[list[dict[str, Any]], SyncToken]:
     """Pending messages of this device; acknowledged ones (<= since) are deleted through the
     user's actor.  At most MAX_PER_SYNC per answer: next_batch then stops at the last one."""
     if device_id is None:

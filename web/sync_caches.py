@@ -115,8 +115,9 @@ class RoomPositions:
 
     def __init__(self, start: int, heal: Callable[[int, int], Iterable[tuple[str, int]]],
                  max_rooms: int = POSITION_ROOMS) -> None:
-        self.floor = start           # below this the map knows nothing (before boot, or
-        self.hwm = start             # a dropped room's events)
+        # below the floor the map knows nothing (events before boot, or of dropped rooms)
+        self.floor = start
+        self.hwm = start
         self._heal = heal            # (lo, hi] → (room_id, max position) rows from the store
         self._last: OrderedDict[str, int] = OrderedDict()
         self.last_member: dict[str, int] = {}   # room → latest m.room.member position
