@@ -89,6 +89,10 @@ class PushEvaluator:
         self._queue: deque[tuple[str, Sequence[tuple[dict[str, Any], int]]]] = deque()
         self._queued = 0
         self._catch_up = True                 # start-up: from the durable position
+        # the highest position a catch-up read from the store: an event at or below it may
+        # reach us twice (read by the catch-up, then queued by a hook that ran late), which
+        # the rows' uniqueness absorbs but the in-memory counts must not add twice
+        self._replayed_upto = -1
         self._wake = gevent.event.Event()
         self._progress = gevent.event.Event()
         self._pending: dict[str, int] = {}    # room → highest position handed to us
@@ -134,6 +138,7 @@ class PushEvaluator:
             self._queue.clear()
             self._queued = 0
             self._catch_up = True
+            self._counts_unsure()
         elif not self._catch_up:
             self._queue.append((room_id, events))
             self._queued += len(events)
@@ -208,6 +213,7 @@ class PushEvaluator:
         if not items:
             self._catch_up = False
             return
+        self._replayed_upto = max(self._replayed_upto, max(so for _, _, so in items))
         self._process(items, max(so for _, _, so in items))
         for room_id, _, so in items:  # wake barriers of rooms only the store told us about
             if so > self._pending.get(room_id, -1):
@@ -237,6 +243,7 @@ class PushEvaluator:
         # Evaluated: the barrier lets /syncs of these rooms go on now, reading the rows
         # not written yet from ``unwritten`` — they need not wait for the write's commit
         # (a crash before it loses nothing: the catch-up re-evaluates from the position).
+        self._move_counts(rows, own)
         batch = _Unwritten(rows, own)
         self._unwritten.append(batch)
         for room_id, evs in by_room.items():
@@ -249,6 +256,26 @@ class PushEvaluator:
         self._join_write()
         self._writing = gevent.spawn(self._write, batch, rows, own, position, len(items))
 
+    def _move_counts(self, rows: list, own: list) -> None:
+        """Bring the in-memory unread counts (store/unread_cache.py) up to this batch, before
+        the barrier lets the /syncs waiting on it read them; what a catch-up may have seen
+        already drops its entries instead."""
+        cache = push_store.unread_cache(self.db)
+        if cache is None:
+            return
+        upto = self._replayed_upto
+        if upto < 0:
+            cache.evaluated(rows, own)
+            return
+        cache.evaluated([r for r in rows if r[3] > upto], [o for o in own if o[3] > upto])
+        cache.drop_keys({(r[0], r[2]) for r in rows if r[3] <= upto}
+                        | {(o[0], o[1]) for o in own if o[3] <= upto})
+
+    def _counts_unsure(self) -> None:
+        cache = push_store.unread_cache(self.db)
+        if cache is not None:
+            cache.clear()
+
     def _join_write(self) -> None:
         writing, self._writing = self._writing, None
         if writing is not None:
@@ -260,6 +287,7 @@ class PushEvaluator:
             push_store.write_actions(self.db, rows, own, position)
         except Exception:  # noqa: BLE001 - a bad batch must not stop the others
             log.exception("push evaluator: batch failed")
+            self._counts_unsure()  # the counts held in memory went past the store's
             return
         finally:
             self._unwritten.remove(batch)

@@ -58,6 +58,7 @@ class CacheConfig:
     push_rooms: int = 500       # push evaluator: members / power levels per room
     push_rulesets: int = 2000   # push evaluator: compiled push rules per user, ~20 KB each
     access_tokens: int = 10000  # access token → user/device (AccountStore)
+    unread_counts: int = 20000  # (user, room) unread counts kept current (~0.5 KB each)
 
 
 @dataclass(frozen=True)
@@ -357,7 +358,8 @@ def _caches(v: Any) -> CacheConfig:
     if not isinstance(v, dict):
         raise ConfigError("config key 'caches' must be a mapping")
     d = CacheConfig()
-    names = ("events", "state_groups", "push_rooms", "push_rulesets", "access_tokens")
+    names = ("events", "state_groups", "push_rooms", "push_rulesets", "access_tokens",
+             "unread_counts")
     for k in v:
         if k not in names:
             log.warning("unknown config key 'caches.%s' ignored", k)

@@ -30,6 +30,7 @@ import gevent
 import gevent.event
 
 from store.database import POSTGRES, Database, Txn
+from store.unread_cache import DEFAULT_SIZE as UNREAD_CACHE_SIZE, UnreadCache
 
 MAIN = "main"
 UNTHREADED = ""
@@ -46,6 +47,7 @@ Unwritten = Callable[[str, str], tuple[Sequence[tuple[str, int, str, bool]],
                                        Sequence[tuple[str, int]]]]
 _barriers: "weakref.WeakKeyDictionary[Database, Barrier]" = weakref.WeakKeyDictionary()
 _unwritten: "weakref.WeakKeyDictionary[Database, Unwritten]" = weakref.WeakKeyDictionary()
+_caches: "weakref.WeakKeyDictionary[Database, UnreadCache]" = weakref.WeakKeyDictionary()
 
 
 def _dumps(obj: Any) -> str:
@@ -53,17 +55,37 @@ def _dumps(obj: Any) -> str:
 
 
 def set_barrier(db: Database, barrier: Barrier | None,
-                unwritten: Unwritten | None = None) -> None:
+                unwritten: Unwritten | None = None, *,
+                cache_size: int = UNREAD_CACHE_SIZE) -> UnreadCache | None:
     """Register (or with None, drop) ``barrier(room_id, timeout)``: returns once every event
     of the room handed to the evaluator so far has its push actions evaluated; those not
-    committed yet are what ``unwritten(user_id, room_id)`` returns."""
+    committed yet are what ``unwritten(user_id, room_id)`` returns.  With a barrier comes
+    the in-memory counts (store/unread_cache.py), which the evaluator moves forward: it is
+    returned (None with ``cache_size`` 0)."""
+    _caches.pop(db, None)
     if barrier is None:
         _barriers.pop(db, None)
         _unwritten.pop(db, None)
-    else:
-        _barriers[db] = barrier
-        if unwritten is not None:
-            _unwritten[db] = unwritten
+        return None
+    _barriers[db] = barrier
+    if unwritten is not None:
+        _unwritten[db] = unwritten
+    if cache_size <= 0:
+        return None
+    cache = _caches[db] = UnreadCache(cache_size)
+    return cache
+
+
+def unread_cache(db: Database) -> UnreadCache | None:
+    """The in-memory counts of ``db`` (None when no evaluator keeps them current)."""
+    return _caches.get(db)
+
+
+def receipt_moved(db: Database, user_id: str, room_id: str) -> None:
+    """A read receipt of (user, room) committed: its cached counts no longer hold."""
+    cache = _caches.get(db)
+    if cache is not None:
+        cache.drop((user_id, room_id))
 
 
 def wait_evaluated(db: Database, room_id: str, timeout: float = BARRIER_TIMEOUT) -> None:
@@ -109,21 +131,26 @@ COUNT_CHUNK = 200
 _NOTHING: tuple[tuple[()], tuple[()]] = ((), ())
 
 
+#: one user's counts in one room before shaping: (read positions by thread as
+#: :func:`read_positions` gives them, thread → [notifications, highlights] unread)
+RawCounts = tuple[dict[str, int], dict[str, list[int]]]
+
+
 def _counts_txn(txn: Txn, user_id: str, room_id: str,
                 unwritten: tuple[Sequence[tuple[str, int, str, bool]],
                                  Sequence[tuple[str, int]]] = _NOTHING) -> dict[str, Any]:
     """The counts of one user in one room (see :func:`_counts_room`)."""
-    return _counts_room(txn, room_id, [user_id], {user_id: unwritten})[user_id]
+    return _shape_counts(_counts_room(txn, room_id, [user_id], {user_id: unwritten})[user_id][1])
 
 
 def _counts_room(txn: Txn, room_id: str, users: Sequence[str],
-                 unwritten: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                 unwritten: dict[str, Any]) -> dict[str, RawCounts]:
     """Each user's counts in one room from the rows committed, plus the ``unwritten`` ones
     this read does not find (an evaluated batch whose write has not committed: see
     :func:`unread_counts`).  Four statements for a chunk of users, whatever its size (the
     /syncs of a room's members woken by one event read together); a second count only
     for a user whose threaded receipt is ahead of their unthreaded one."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, RawCounts] = {}
     for i in range(0, len(users), COUNT_CHUNK):
         chunk = users[i:i + COUNT_CHUNK]
         out.update(_counts_chunk(txn, room_id, chunk, unwritten))
@@ -131,7 +158,7 @@ def _counts_room(txn: Txn, room_id: str, users: Sequence[str],
 
 
 def _counts_chunk(txn: Txn, room_id: str, users: Sequence[str],
-                  unwritten: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                  unwritten: dict[str, Any]) -> dict[str, RawCounts]:
     all_reads = _read_positions_many(txn, room_id, users)
     bases: dict[str, int] = {}
     for user_id in users:
@@ -175,7 +202,7 @@ def _counts_chunk(txn: Txn, room_id: str, users: Sequence[str],
                 cell = counts.setdefault(thread_id, [0, 0])
                 cell[0] += 1
                 cell[1] += int(highlight)
-    return {u: _shape_counts(per_thread[u]) for u in users}
+    return {u: (all_reads[u], per_thread[u]) for u in users}
 
 
 def _shape_counts(per_thread: dict[str, list[int]]) -> dict[str, Any]:
@@ -190,6 +217,13 @@ def _shape_counts(per_thread: dict[str, list[int]]) -> dict[str, Any]:
 
 def _counts_many(txn: Txn, wanted: list[tuple[str, str]],
                  pending: dict[tuple[str, str], Any]) -> dict[tuple[str, str], Any]:
+    """The shaped counts of each wanted (user, room)."""
+    return {k: _shape_counts(v[1]) for k, v in _counts_many_raw(txn, wanted, pending).items()}
+
+
+def _counts_many_raw(txn: Txn, wanted: list[tuple[str, str]],
+                     pending: dict[tuple[str, str], Any]
+                     ) -> dict[tuple[str, str], RawCounts]:
     if txn.engine == POSTGRES and any(rows for rows, _ in pending.values()):
         # one snapshot for the whole read: under READ COMMITTED a write committing between
         # the count and the "already stored?" check would hide its rows from both
@@ -197,7 +231,7 @@ def _counts_many(txn: Txn, wanted: list[tuple[str, str]],
     by_room: dict[str, list[str]] = {}
     for user_id, room_id in wanted:
         by_room.setdefault(room_id, []).append(user_id)
-    out: dict[tuple[str, str], Any] = {}
+    out: dict[tuple[str, str], RawCounts] = {}
     for room_id, users in by_room.items():
         got = _counts_room(txn, room_id, users,
                            {u: pending[(u, room_id)] for u in users if (u, room_id) in pending})
@@ -232,8 +266,15 @@ def unread_counts(db: Database, user_id: str, room_id: str) -> dict[str, Any]:
     side by side: the callers that arrive in the same turn of the event loop share one
     transaction (one trip to the database's threads).  A batch starts after each of its
     callers arrived (and their rooms were evaluated), so every answer is at least as fresh
-    as a read of its own would be."""
+    as a read of its own would be.  Counts read once are then kept in memory and moved
+    forward by the evaluator (store/unread_cache.py): the /syncs woken by an event read
+    nothing."""
     wait_evaluated(db, room_id)
+    cache = _caches.get(db)
+    if cache is not None:
+        held = cache.get((user_id, room_id))
+        if held is not None:
+            return _shape_counts(held)
     batch = _open_batches.get(db)
     if batch is not None and not batch.started:
         batch.wanted.add((user_id, room_id))
@@ -246,14 +287,23 @@ def unread_counts(db: Database, user_id: str, room_id: str) -> dict[str, Any]:
         if _open_batches.get(db) is batch:
             del _open_batches[db]
         wanted = sorted(batch.wanted)
+        filling = cache.begin_fill(wanted) if cache is not None else None
         unwritten = _unwritten.get(db)
         # taken here, after every caller passed the barrier: a batch evaluated by then is
         # either committed in the read's snapshot or still listed (removed after commit)
         pending = {k: unwritten(*k) for k in wanted} if unwritten is not None else {}
         # a few rooms' counts (the /syncs of a room woken by one event) are a few indexed
         # statements each: cheaper here than a round trip through a thread
-        got = db.run("unread_counts", lambda t: _counts_many(t, wanted, pending),
-                     inline=len({r for _, r in wanted}) <= INLINE_COUNT_ROOMS)
+        try:
+            raw = db.run("unread_counts", lambda t: _counts_many_raw(t, wanted, pending),
+                         inline=len({r for _, r in wanted}) <= INLINE_COUNT_ROOMS)
+        except BaseException:
+            if filling is not None:
+                cache.end_fill(filling, None)  # type: ignore[union-attr]
+            raise
+        if filling is not None:
+            cache.end_fill(filling, raw)  # type: ignore[union-attr]
+        got = {k: _shape_counts(v[1]) for k, v in raw.items()}
     except BaseException as e:  # the joiners must not wait forever (also on a kill)
         if _open_batches.get(db) is batch:
             del _open_batches[db]
@@ -376,3 +426,10 @@ def delete_user(txn: Txn, user_id: str) -> None:
     """A deactivated user's pushers and push data go (AccountStore hook, in its txn)."""
     for table in ("pushers", "push_rules", "event_push_actions", "event_push_own"):
         txn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
+
+    def _forget() -> None:  # every cache: the hook does not know which database it is
+        for cache in list(_caches.values()):
+            cache.drop_user(user_id)
+
+    _forget()
+    txn.call_after_commit(_forget)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from store import push as push_store
 from store.database import Database, Txn
 from store.streams import StreamIdGenerator
 
@@ -57,6 +58,8 @@ class ReceiptStore:
 
         with self.stream.allocate() as (sid,):
             self.db.run("put_receipt", _t, sid, write=True)
+        if receipt_type in push_store.READ_RECEIPTS:  # moves a read position
+            push_store.receipt_moved(self.db, user_id, room_id)
         return sid
 
     def changed(self, room_ids: Iterable[str], since: int | None, upto: int) -> list[Receipt]:

@@ -71,7 +71,8 @@ def register(app: Any, runtime: Any) -> None:
     runtime.parts["push"] = svc
     runtime.parts.setdefault("supervisors", {})["pushers"] = sender.supervisor
     rooms.on_persisted.append(evaluator.on_persisted)
-    push_store.set_barrier(db, evaluator.barrier, evaluator.unwritten)
+    push_store.set_barrier(db, evaluator.barrier, evaluator.unwritten,
+                           cache_size=config.caches.unread_counts)
     accounts = runtime.parts["accounts"]
     accounts.on_devices_deleted.append(pusher_store.delete_for_devices)
     accounts.on_user_deactivated.append(push_store.delete_user)
