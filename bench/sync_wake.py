@@ -190,7 +190,10 @@ def wake_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
             "ack_p50_ms": pct(ack, 50), "ack_p99_ms": pct(ack, 99),
             "send_p50_ms": pct(send, 50), "send_p99_ms": pct(send, 99),
-            "cpu_ms_per_wake": statistics.mean(cpu)}
+            "cpu_ms_per_wake": statistics.mean(cpu),
+            # one round's bad moment should show as such
+            "round_p99_ms": [round(pct(r["latencies"], 99), 1) for r in rounds],
+            "max_ms": max(lat) if lat else None}
 
 
 def idle_syncs(server: rs.Server, n: int, window: float) -> dict[str, float]:
