@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import sys
-import uuid
 from urllib.parse import quote, unquote_to_bytes
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -19,19 +18,11 @@ from atrium.config import Config, ConfigError, load_config
 from atrium.errors import MatrixError
 from atrium.logs import request_id_var, setup_logging
 from web.errors import error_response, install_error_handlers
+from web.http import DEFAULT_HEADERS, request_id
 from web.ratelimit import Ratelimiter
 
 log = logging.getLogger(__name__)
 
-CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
-    "Access-Control-Expose-Headers": "X-Request-Id, Server",
-}
-#: (lower-case name, name, value) set on every response that does not set them itself
-_DEFAULT_HEADERS = tuple((k.lower(), k, v) for k, v in {
-    **CORS_HEADERS, "Cache-Control": "no-cache, no-store, must-revalidate"}.items())
 
 
 @dataclass
@@ -69,7 +60,6 @@ class Runtime:
 #: request; turned back into "/" in the view arguments.  Event ids of room v3 contain "/".
 SLASH = "\ue000"
 _ENCODED_SLASH = re.compile(r"%2[fF]")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class LegacyPathMiddleware:
@@ -168,9 +158,7 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
 
     @app.before_request
     def _start() -> Response | None:
-        given = request.environ.get("HTTP_X_REQUEST_ID", "")
-        # a client may name its request (to find it in traces); only safe, short ids
-        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:12]
+        rid = request_id(request.environ)
         g.request_id = rid
         request_id_var.set(rid)
         if request.method == "OPTIONS":  # CORS pre-flight, for any path
@@ -183,7 +171,7 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
         # for each default: most of this hook's cost on a small JSON answer)
         headers = resp.headers
         present = {k.lower() for k in headers.keys()}
-        for lower, k, v in _DEFAULT_HEADERS:
+        for lower, k, v in DEFAULT_HEADERS:
             if lower not in present:
                 headers.add(k, v)
         if "x-request-id" not in present and "request_id" in g:

@@ -22,13 +22,18 @@ class Requester:
 
 
 def extract_token() -> str | None:
-    header = request.headers.get("Authorization")
+    return token_from(request.headers.get("Authorization"), request.args.get("access_token"))
+
+
+def token_from(header: str | None, query_token: str | None) -> str | None:
+    """The access token of a request from its ``Authorization`` header, else from its
+    ``access_token`` query parameter."""
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise MatrixError(401, "M_MISSING_TOKEN", "Invalid Authorization header")
         return value.strip()
-    return request.args.get("access_token") or None
+    return query_token or None
 
 
 def require_auth(*, allow_guest: bool = False) -> Requester:
@@ -36,10 +41,17 @@ def require_auth(*, allow_guest: bool = False) -> Requester:
     cached = getattr(g, "requester", None)
     if cached is not None:
         return cached
-    token = extract_token()
+    accounts: AccountStore = current_app.extensions["atrium"].parts["accounts"]
+    req = authenticate(accounts, extract_token(), allow_guest=allow_guest)
+    g.requester = req
+    return req
+
+
+def authenticate(accounts: AccountStore, token: str | None, *,
+                 allow_guest: bool = False) -> Requester:
+    """Who ``token`` belongs to, or a 401/403 Matrix error."""
     if token is None:
         raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
-    accounts: AccountStore = current_app.extensions["atrium"].parts["accounts"]
     info = accounts.get_token(token)
     if info is None or info.deactivated:
         raise MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown access token", soft_logout=False)
@@ -47,9 +59,7 @@ def require_auth(*, allow_guest: bool = False) -> Requester:
         raise MatrixError(401, "M_UNKNOWN_TOKEN", "Access token has expired", soft_logout=True)
     if info.is_guest and not allow_guest:
         raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access not allowed")
-    req = Requester(info.user_id, info.device_id, info.is_admin, info.is_guest, info.token_hash)
-    g.requester = req
-    return req
+    return Requester(info.user_id, info.device_id, info.is_admin, info.is_guest, info.token_hash)
 
 
 def require_admin() -> Requester:

@@ -20,7 +20,7 @@ def error_response(err: MatrixError) -> Response:
     return resp
 
 
-def _supervision_error(e: Exception) -> MatrixError | None:
+def supervision_error(e: Exception) -> MatrixError | None:
     """Supervision failures (mailbox full, parked, timeout, crash) carry their own HTTP
     status and errcode (see supervision/errors.py); a crash's detail stays in the log."""
     try:
@@ -59,7 +59,7 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _any(e: Exception) -> Response:
-        mapped = _supervision_error(e)
+        mapped = supervision_error(e)
         if mapped is not None:
             if mapped.status >= 500:
                 log.warning("request failed: %s: %s", type(e).__name__, e)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from typing import Any
 
 from flask import current_app, request
@@ -15,6 +17,24 @@ from atrium.errors import MatrixError, bad_json, invalid_param, missing_param, n
 MAX_JSON_DEPTH = 100
 #: The largest integer either database engine stores (BIGINT / SQLite INTEGER).
 MAX_INT64 = 2 ** 63 - 1
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
+    "Access-Control-Expose-Headers": "X-Request-Id, Server",
+}
+#: (lower-case name, name, value) set on every response that does not set them itself
+DEFAULT_HEADERS = tuple((k.lower(), k, v) for k, v in {
+    **CORS_HEADERS, "Cache-Control": "no-cache, no-store, must-revalidate"}.items())
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def request_id(environ: dict[str, Any]) -> str:
+    """The id of a request: the client's ``X-Request-Id`` when it is safe and short (a
+    client may name its request to find it in traces), else a fresh one."""
+    given = environ.get("HTTP_X_REQUEST_ID", "")
+    return given if _REQUEST_ID.match(given) else os.urandom(6).hex()
 
 
 def _reject_constant(name: str) -> Any:
@@ -132,7 +152,13 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 
 def query_int(name: str, default: int | None = None, *, minimum: int | None = None,
               maximum: int | None = None) -> int | None:
-    v = request.args.get(name)
+    return parse_int(name, request.args.get(name), default, minimum=minimum, maximum=maximum)
+
+
+def parse_int(name: str, v: str | None, default: int | None = None, *,
+              minimum: int | None = None, maximum: int | None = None) -> int | None:
+    """Query parameter ``name`` (given as ``v``) as an integer; 400 M_INVALID_PARAM if it is
+    not one or is below ``minimum``; above ``maximum`` it is capped."""
     if v is None:
         return default
     try:
@@ -149,7 +175,10 @@ def query_int(name: str, default: int | None = None, *, minimum: int | None = No
 
 
 def query_bool(name: str, default: bool = False) -> bool:
-    v = request.args.get(name)
+    return parse_bool(name, request.args.get(name), default)
+
+
+def parse_bool(name: str, v: str | None, default: bool = False) -> bool:
     if v is None:
         return default
     if v in ("true", "1"):

@@ -4,7 +4,8 @@ user (or the timeout ends) and compute again.  No polling: an idle long-poll is 
 blocked on one ``gevent.event.Event``.
 
 This module assembles the top level — global account data, presence, to-device, device
-lists, key counts — around the rooms part (web/sync_rooms.py).
+lists, key counts — around the rooms part (web/sync_rooms.py).  The endpoint is served in
+front of Flask (web/sync_endpoint.py).
 """
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from flask import Blueprint, Flask, jsonify, request
+from typing import Callable
+
+from flask import Flask
 
 from atrium.errors import MatrixError
 from store.to_device import MAX_PER_SYNC
-from web.auth import require_auth
+from web.auth import Requester
 from web.filters import SyncFilter, resolve_filter
-from web.http import query_bool, query_int
+from web.http import parse_bool, parse_int
 from web.sync_caches import LRU
 from web.sync_rooms import account_data_rows, rooms_section
 from web.sync_timeline import SyncContext
@@ -31,36 +34,37 @@ try:  # the E2EE engineer's key counts; {} / [] until store/e2e_keys.py exists
 except ImportError:  # pragma: no cover
     _e2e = None
 
-P = "/_matrix/client/v3"
 MAX_TIMEOUT_MS = 300_000
 PRESENCE_STATES = ("online", "offline", "unavailable")
 INLINE_FILTERS = 1_024
 
 
 def register(app: Flask, runtime: Any) -> None:
+    from web.sync_endpoint import SyncEndpoint
+
+    app.wsgi_app = SyncEndpoint(app.wsgi_app, runtime)  # type: ignore[method-assign]
+
+
+def get_sync(runtime: Any, req: Requester, arg: Callable[[str], str | None]
+             ) -> dict[str, Any]:
+    """GET /_matrix/client/v3/sync for the authenticated ``req``; ``arg(name)`` is the
+    first value of a query parameter (None when absent)."""
     svc = runtime.parts["sync"]
-    bp = Blueprint("sync", __name__)
-
-    @bp.get(f"{P}/sync")
-    def get_sync() -> Any:
-        """GET /_matrix/client/v3/sync"""
-        req = require_auth(allow_guest=True)
-        raw_since = request.args.get("since")
-        since = SyncToken.decode(raw_since) if raw_since else None
-        timeout_ms = query_int("timeout", 0, minimum=0, maximum=MAX_TIMEOUT_MS) or 0
-        full_state = query_bool("full_state")
-        set_presence = request.args.get("set_presence", "online")
-        if set_presence not in PRESENCE_STATES:
-            raise MatrixError(400, "M_INVALID_PARAM", f"Invalid set_presence {set_presence!r}")
-        filt = _filter(runtime, req.user_id, request.args.get("filter"))
-        if svc.presence_enabled and set_presence != "offline":  # before computing: a change
-            # shows in this very answer; "offline" syncs do not count as connected
-            svc.hint_user(req.user_id, SyncStarted(set_presence=set_presence,
-                                                   timeout_ms=timeout_ms))
-        return jsonify(sync_wait(svc, req.user_id, req.device_id, since, filt, full_state,
-                                 timeout_ms))
-
-    app.register_blueprint(bp)
+    raw_since = arg("since")
+    since = SyncToken.decode(raw_since) if raw_since else None
+    timeout_ms = parse_int("timeout", arg("timeout"), 0, minimum=0,
+                           maximum=MAX_TIMEOUT_MS) or 0
+    full_state = parse_bool("full_state", arg("full_state"))
+    given = arg("set_presence")
+    set_presence = "online" if given is None else given
+    if set_presence not in PRESENCE_STATES:
+        raise MatrixError(400, "M_INVALID_PARAM", f"Invalid set_presence {set_presence!r}")
+    filt = _filter(runtime, req.user_id, arg("filter"))
+    if svc.presence_enabled and set_presence != "offline":  # before computing: a change
+        # shows in this very answer; "offline" syncs do not count as connected
+        svc.hint_user(req.user_id, SyncStarted(set_presence=set_presence,
+                                               timeout_ms=timeout_ms))
+    return sync_wait(svc, req.user_id, req.device_id, since, filt, full_state, timeout_ms)
 
 
 _inline_filters: LRU[str, SyncFilter] = LRU(INLINE_FILTERS)

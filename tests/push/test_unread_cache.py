@@ -73,7 +73,6 @@ def test_a_receipt_drops_the_entry_and_the_next_read_refills_it(app):
 
 def test_overflow_catch_up_drops_what_it_replays(app):
     db = runtime_of(app).db
-    cache = push_store.unread_cache(db)
     evaluator = push_of(app).evaluator
     alice, bob = user(app, "alice"), user(app, "bob")
     room_id = room_of(app, alice, bob)

@@ -1,0 +1,97 @@
+"""``GET /_matrix/client/v3/sync`` served in front of Flask.
+
+/sync is most of a homeserver's traffic and nearly all of its long-lived requests: every
+client keeps one waiting, and answers it again the moment it is answered.  This WSGI layer
+(between web/app.py's path fix-ups and Flask) gives it what the Flask app gives every route —
+the request id, the access token check, the spec's error bodies, the CORS and cache
+headers, the access log line — without Flask's per-request objects: the request context,
+werkzeug's request and query dict, the URL adapter, a session.  A parked /sync then holds
+little more than gunicorn's environ and its waiter, and an answered one skips that set-up
+(the handler itself is web/sync.py:get_sync).  Everything else goes on to Flask: other
+paths, and the CORS pre-flight ``OPTIONS`` of this one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qsl
+
+from atrium.errors import MatrixError
+from atrium.logs import request_id_var
+from web.auth import authenticate, token_from
+from web.errors import supervision_error
+from web.http import DEFAULT_HEADERS, request_id
+from web.sync import get_sync
+
+log = logging.getLogger("web.app")  # the access log lines of every other route come from there
+
+PATHS = ("/_matrix/client/v3/sync", "/_matrix/client/v3/sync/")
+
+
+class SyncEndpoint:
+    def __init__(self, wsgi: Callable[..., Iterable[bytes]], runtime: Any) -> None:
+        self.wsgi = wsgi
+        self.runtime = runtime
+        self.accounts = runtime.parts["accounts"]
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
+                 ) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD")
+        if environ.get("PATH_INFO") not in PATHS or method == "OPTIONS":
+            return self.wsgi(environ, start_response)
+        rid = request_id(environ)
+        request_id_var.set(rid)
+        qs = environ.get("QUERY_STRING", "")
+        status, body = 200, None
+        extra: list[tuple[str, str]] = []
+        try:
+            if method != "GET":
+                raise MatrixError(405, "M_UNRECOGNIZED", "Unrecognized request method")
+            args = _query(qs)
+            req = authenticate(self.accounts,
+                               token_from(environ.get("HTTP_AUTHORIZATION"),
+                                          args.get("access_token")),
+                               allow_guest=True)
+            body = get_sync(self.runtime, req, args.get)
+        except MatrixError as e:
+            status, body = e.status, e.to_json()
+            if e.status == 429 and "retry_after_ms" in e.extra:
+                extra.append(("Retry-After",
+                              str(max(1, int(e.extra["retry_after_ms"]) // 1000))))
+        except Exception as e:  # noqa: BLE001 - answered 500 like every other route
+            mapped = supervision_error(e)
+            if mapped is None:
+                log.exception("unhandled error")
+                mapped = MatrixError(500, "M_UNKNOWN", "Internal server error")
+            elif mapped.status >= 500:
+                log.warning("request failed: %s: %s", type(e).__name__, e)
+            status, body = mapped.status, mapped.to_json()
+        data = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+                   *((k, v) for _, k, v in DEFAULT_HEADERS), ("X-Request-Id", rid), *extra]
+        start_response(f"{status} {_phrase(status)}", headers)
+        if log.isEnabledFor(logging.INFO):
+            path = environ.get("PATH_INFO", "")
+            shown = path + "?<redacted>" if "access_token" in qs else (
+                f"{path}?{qs}" if qs else path)
+            log.info("%s %s -> %s", method, shown, status)
+        return [data]
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _query(qs: str) -> dict[str, str]:
+    """The first value of each query parameter, decoded as werkzeug decodes them (the WSGI
+    string holds the raw bytes as latin-1; they are UTF-8)."""
+    raw = qs.encode("latin-1", "replace").decode("utf-8", "replace")
+    out: dict[str, str] = {}
+    for k, v in parse_qsl(raw, keep_blank_values=True, errors="replace"):
+        out.setdefault(k, v)
+    return out
