@@ -8,7 +8,9 @@ Without ``--url`` it starts Atrium itself (``gunicorn -k gevent web:app``, SQLit
 limits off; bench/harness.py's launcher) and, with ``--synapse``, Synapse from the scratch
 venv of bench/synapse_peer.py with the same settings; both stay up for the whole run and
 are measured one at a time, phase by phase (the wake phases ``--rounds`` times, alternating
-between the servers), since this machine's speed drifts within minutes.  Users come from
+between the servers), since this machine's speed drifts within minutes; the server not
+being measured is stopped meanwhile (SIGSTOP/SIGCONT), so its timers and background jobs
+take no CPU from the one that is.  Users come from
 the shared-secret registration API.  Phases:
 
 1. wake latency: N syncers (8, then 100) long-poll ``/sync`` in one room; a sender posts
@@ -284,19 +286,22 @@ def run_all(servers: list[rs.Server], args: argparse.Namespace) -> list[dict[str
                 say(f"{server.name}: wake latency, {n} syncers (round {r + 1})")
                 profile_s = args.profile if (n == max(args.syncers) and r == 0
                                              and server.name.startswith("Atrium")) else 0
-                rounds[i].append(wake_latency(server, n, args.wakes, profile_s))
+                with rs.alone(server, servers):
+                    rounds[i].append(wake_latency(server, n, args.wakes, profile_s))
         for i, server in enumerate(servers):
             outs[i][f"wake{n}"] = wake_summary(rounds[i])
             say(f"  {server.name}: {outs[i][f'wake{n}']}")
     for i, server in enumerate(servers):
         if args.idle:
             say(f"{server.name}: {args.idle} idle long-polls")
-            outs[i]["idle"] = idle_syncs(server, args.idle, args.idle_window)
+            with rs.alone(server, servers):
+                outs[i]["idle"] = idle_syncs(server, args.idle, args.idle_window)
             say(f"  {outs[i]['idle']}")
     for i, server in enumerate(servers):
         if args.rooms:
             say(f"{server.name}: initial sync, {args.rooms} rooms x {args.messages} messages")
-            outs[i]["initial"] = initial_sync(server, args.rooms, args.messages)
+            with rs.alone(server, servers):
+                outs[i]["initial"] = initial_sync(server, args.rooms, args.messages)
             say(f"  {outs[i]['initial']}")
     return outs
 
