@@ -16,6 +16,7 @@ import gevent
 from flask import g, has_request_context, request
 
 from atrium.config import Config
+from atrium.logs import request_id_var
 from store.account_data import AccountDataStore
 from store.database import Database
 from store.device_lists import DeviceListStore
@@ -131,15 +132,13 @@ class SyncService:
 
     # ---------------------------------------------------------------- talking to users
     def ask_user(self, user_id: str, msg: Any) -> Any:
-        trace, sender = None, None
-        if has_request_context():
-            trace = getattr(g, "request_id", None)
-            sender = f"web {request.method} {request.path}"[:120]
+        trace, sender = _origin()
         return self.supervisor.ask(user_id, msg, trace_id=trace, sender=sender)
 
     def tell_user(self, user_id: str, msg: Any) -> None:
+        trace, sender = _origin()
         try:
-            self.supervisor.tell(user_id, msg)
+            self.supervisor.tell(user_id, msg, trace_id=trace, sender=sender)
         except SupervisionError as e:  # full, parked or stopping: a hint, not a request
             log.debug("tell %s to %s refused: %s", type(msg).__name__, user_id, e)
 
@@ -151,8 +150,9 @@ class SyncService:
         if last is not None and last[0] == msg and now - last[1] < HINT_REPEAT_S:
             return
         self._hints.put(user_id, (msg, now))
+        trace, sender = _origin()
         try:
-            self.supervisor.ask(user_id, msg, timeout=timeout)
+            self.supervisor.ask(user_id, msg, timeout=timeout, trace_id=trace, sender=sender)
         except Exception as e:  # noqa: BLE001 - the answer does not depend on it
             log.warning("presence hint %s for %s failed: %s", type(msg).__name__, user_id, e)
 
@@ -222,3 +222,13 @@ class SyncService:
         self.notifier.close()
         self.typing.close()
         self.supervisor.stop_all()
+
+
+def _origin() -> tuple[str | None, str | None]:
+    """The trace id and sender of actor messages caused by the current request: its request
+    id (a Flask route's, or the one web/sync_endpoint.py set for /sync); none from a timer."""
+    if has_request_context():
+        return (getattr(g, "request_id", None),
+                f"web {request.method} {request.path}"[:120])
+    rid = request_id_var.get()
+    return (rid, "web") if rid != "-" else (None, None)

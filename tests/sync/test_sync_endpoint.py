@@ -126,3 +126,13 @@ def test_a_parked_sync_holds_no_flask_request(app, monkeypatch):
     g.join(5)
     assert g.value.status_code == 200
     assert seen == [False]
+
+
+def test_actor_messages_of_a_sync_carry_its_request_id(app):
+    from web.app import runtime_of
+
+    alice = user(app, "alice")
+    r = _get(app, f"{V}/sync", {**alice.h, "X-Request-Id": "sync-trace-7"}, {"timeout": "0"})
+    assert r.status_code == 200
+    records = runtime_of(app).parts["tracer"].by_trace("sync-trace-7")
+    assert any(rec.message_type == "SyncStarted" for rec in records), records
