@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from typing import Callable
@@ -42,13 +43,19 @@ INLINE_FILTERS = 1_024
 def register(app: Flask, runtime: Any) -> None:
     from web.sync_endpoint import SyncEndpoint
 
-    app.wsgi_app = SyncEndpoint(app.wsgi_app, runtime)  # type: ignore[method-assign]
+    # the bound method, not the instance: see web/app.py create_app
+    app.wsgi_app = SyncEndpoint(app.wsgi_app, runtime).__call__  # type: ignore[method-assign]
+    # (rule, method, endpoint) of what is served outside Flask's url_map (route listings)
+    runtime.parts.setdefault("outside_flask", []).append(
+        ("/_matrix/client/v3/sync", "GET", "sync.get_sync"))
 
 
 def get_sync(runtime: Any, req: Requester, arg: Callable[[str], str | None]
-             ) -> dict[str, Any]:
+             ) -> Callable[[], dict[str, Any]]:
     """GET /_matrix/client/v3/sync for the authenticated ``req``; ``arg(name)`` is the
-    first value of a query parameter (None when absent)."""
+    first value of a query parameter (None when absent).  Checks the parameters and
+    returns the call that computes (and waits for) the answer, which holds only what they
+    were parsed into: the query need not stay in memory while the /sync waits."""
     svc = runtime.parts["sync"]
     raw_since = arg("since")
     since = SyncToken.decode(raw_since) if raw_since else None
@@ -64,7 +71,8 @@ def get_sync(runtime: Any, req: Requester, arg: Callable[[str], str | None]
         # shows in this very answer; "offline" syncs do not count as connected
         svc.hint_user(req.user_id, SyncStarted(set_presence=set_presence,
                                                timeout_ms=timeout_ms))
-    return sync_wait(svc, req.user_id, req.device_id, since, filt, full_state, timeout_ms)
+    return partial(sync_wait, svc, req.user_id, req.device_id, since, filt, full_state,
+                   timeout_ms)
 
 
 _inline_filters: LRU[str, SyncFilter] = LRU(INLINE_FILTERS)

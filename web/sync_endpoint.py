@@ -54,7 +54,9 @@ class SyncEndpoint:
                                token_from(environ.get("HTTP_AUTHORIZATION"),
                                           args.get("access_token")),
                                allow_guest=True)
-            body = get_sync(self.runtime, req, args.get)
+            answer = get_sync(self.runtime, req, args.get)
+            del args  # not kept while the /sync waits
+            body = answer()
         except MatrixError as e:
             status, body = e.status, e.to_json()
             if e.status == 429 and "retry_after_ms" in e.extra:

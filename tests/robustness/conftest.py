@@ -61,6 +61,8 @@ def rules_of(app: Any) -> list[tuple[str, str, str]]:
     for rule in app.url_map.iter_rules():
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             out.append((rule.rule, method, rule.endpoint))
+    # routes answered in front of Flask (web/sync_endpoint.py)
+    out.extend(runtime_of(app).parts.get("outside_flask", []))
     return sorted(out)
 
 
