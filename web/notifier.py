@@ -219,7 +219,10 @@ class Notifier:
                     m = (ev.get("content") or {}).get("membership")
                     changes.append((target, m))
                     woken.add(target)
-        self.wake_users(woken, stream, top)
+        # From the hub's next turn: the room actor answers its sender first (a callback
+        # queued after this one), and the sender's 200 is not held back behind every
+        # /sync this wakes.
+        gevent.get_hub().loop.run_callback(self.wake_users, woken, stream, top)
         for target, m in changes:
             if m in ("join", "invite"):
                 members.add(target)
