@@ -44,6 +44,7 @@ from typing import Any  # noqa: E402
 from urllib.parse import quote, urlencode  # noqa: E402
 
 import gevent  # noqa: E402
+import gevent.event  # noqa: E402
 import gevent.pool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +129,8 @@ def wake_latency(server: rs.Server, syncers: int, wakes: int, profile_s: float =
     arrivals: list[tuple[str, float]] = []
     send_ms: list[float] = []
     seen = [0] * len(members)
+    want = [0]  # messages every syncer must hold before the next send
+    all_seen = gevent.event.Event()  # set by the syncer that completes a message (no polling)
     stop = False
 
     def syncer(i: int, c: Conn) -> None:
@@ -143,6 +146,8 @@ def wake_latency(server: rs.Server, syncers: int, wakes: int, profile_s: float =
                 if tag in sent_at:
                     arrivals.append((tag, got))
                     seen[i] += 1
+                    if min(seen) >= want[0]:
+                        all_seen.set()
 
     greenlets = [gevent.spawn(syncer, i, c) for i, c in enumerate(members)]
     gevent.sleep(1.0 + syncers * 0.01)  # everyone long-polling
@@ -153,14 +158,15 @@ def wake_latency(server: rs.Server, syncers: int, wakes: int, profile_s: float =
     cpu0 = rs.cpu_seconds(server.pids())
     for k in range(wakes):
         tag = f"wake {k}"
+        want[0] = k + 1
+        all_seen.clear()
         sent_at[tag] = t_send = time.perf_counter()
         sender.json("PUT", f"/_matrix/client/v3/rooms/{quote(room)}/send/m.room.message/w{k}",
                     {"msgtype": "m.text", "body": tag})
         acked_at[tag] = time.perf_counter()
         send_ms.append((acked_at[tag] - t_send) * 1000)
-        deadline = time.monotonic() + 10
-        while min(seen) < k + 1 and time.monotonic() < deadline:
-            gevent.sleep(0.002)
+        if min(seen) < k + 1:
+            all_seen.wait(10)
         gevent.sleep(0.02)
     cpu_ms = (rs.cpu_seconds(server.pids()) - cpu0) * 1000 / wakes
     stop = True
