@@ -12,9 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from functools import partial
-from typing import Any
-
-from typing import Callable
+from typing import Any, Callable
 
 from flask import Flask
 
