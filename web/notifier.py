@@ -219,10 +219,12 @@ class Notifier:
                     m = (ev.get("content") or {}).get("membership")
                     changes.append((target, m))
                     woken.add(target)
-        # From the hub's next turn: the room actor answers its sender first (a callback
-        # queued after this one), and the sender's 200 is not held back behind every
-        # /sync this wakes.
-        gevent.get_hub().loop.run_callback(self.wake_users, woken, stream, top)
+        # At once, in the room actor, before it answers its sender: the /syncs waiting on the
+        # room are resumed first and the sender's 200 follows them (answering the sender
+        # first measured ~0.5 ms more per wake and a wider tail for the receivers, who wait
+        # for the message, against ~2.5 ms less for the sender, whose client shows it
+        # already).
+        self.wake_users(woken, stream, top)
         for target, m in changes:
             if m in ("join", "invite"):
                 members.add(target)
