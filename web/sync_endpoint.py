@@ -70,7 +70,12 @@ class SyncEndpoint:
             elif mapped.status >= 500:
                 log.warning("request failed: %s: %s", type(e).__name__, e)
             status, body = mapped.status, mapped.to_json()
-        data = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+        try:
+            data = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+        except (TypeError, ValueError):  # a value JSON cannot hold: never a bare 500
+            log.exception("unserialisable /sync answer")
+            status = 500
+            data = b'{"errcode":"M_UNKNOWN","error":"Internal server error"}\n'
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
                    *((k, v) for _, k, v in DEFAULT_HEADERS), ("X-Request-Id", rid), *extra]
         start_response(f"{status} {_phrase(status)}", headers)

@@ -136,3 +136,14 @@ def test_actor_messages_of_a_sync_carry_its_request_id(app):
     assert r.status_code == 200
     records = runtime_of(app).parts["tracer"].by_trace("sync-trace-7")
     assert any(rec.message_type == "SyncStarted" for rec in records), records
+
+
+def test_an_answer_json_cannot_hold_is_a_500_with_a_matrix_body(app, monkeypatch):
+    alice = user(app, "alice")
+    import web.sync_endpoint as endpoint
+
+    monkeypatch.setattr(endpoint, "get_sync", lambda *a, **k: (lambda: {"x": object()}))
+    r = _get(app, f"{V}/sync", alice.h)
+    assert r.status_code == 500
+    assert r.get_json() == {"errcode": "M_UNKNOWN", "error": "Internal server error"}
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
