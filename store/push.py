@@ -30,11 +30,11 @@ import gevent
 import gevent.event
 
 from store.database import POSTGRES, Database, Txn
+from store.receipts import READ_RECEIPTS
 from store.unread_cache import DEFAULT_SIZE as UNREAD_CACHE_SIZE, UnreadCache
 
 MAIN = "main"
 UNTHREADED = ""
-READ_RECEIPTS = ("m.read", "m.read.private")
 BARRIER_TIMEOUT = 2.0
 #: batches of counts over at most this many rooms are read without a thread: a few indexed
 #: statements per room, whatever its number of members
@@ -79,13 +79,6 @@ def set_barrier(db: Database, barrier: Barrier | None,
 def unread_cache(db: Database) -> UnreadCache | None:
     """The in-memory counts of ``db`` (None when no evaluator keeps them current)."""
     return _caches.get(db)
-
-
-def receipt_moved(db: Database, user_id: str, room_id: str) -> None:
-    """A read receipt of (user, room) committed: its cached counts no longer hold."""
-    cache = _caches.get(db)
-    if cache is not None:
-        cache.drop((user_id, room_id))
 
 
 def wait_evaluated(db: Database, room_id: str, timeout: float = BARRIER_TIMEOUT) -> None:
@@ -287,22 +280,21 @@ def unread_counts(db: Database, user_id: str, room_id: str) -> dict[str, Any]:
         if _open_batches.get(db) is batch:
             del _open_batches[db]
         wanted = sorted(batch.wanted)
-        filling = cache.begin_fill(wanted) if cache is not None else None
+        if cache is not None:
+            cache.begin_fill(wanted)
         unwritten = _unwritten.get(db)
         # taken here, after every caller passed the barrier: a batch evaluated by then is
         # either committed in the read's snapshot or still listed (removed after commit)
         pending = {k: unwritten(*k) for k in wanted} if unwritten is not None else {}
         # a few rooms' counts (the /syncs of a room woken by one event) are a few indexed
         # statements each: cheaper here than a round trip through a thread
+        raw = None
         try:
             raw = db.run("unread_counts", lambda t: _counts_many_raw(t, wanted, pending),
                          inline=len({r for _, r in wanted}) <= INLINE_COUNT_ROOMS)
-        except BaseException:
-            if filling is not None:
-                cache.end_fill(filling, None)  # type: ignore[union-attr]
-            raise
-        if filling is not None:
-            cache.end_fill(filling, raw)  # type: ignore[union-attr]
+        finally:
+            if cache is not None:
+                cache.end_fill(wanted, raw)  # None: the read failed, nothing is kept
         got = {k: _shape_counts(v[1]) for k, v in raw.items()}
     except BaseException as e:  # the joiners must not wait forever (also on a kill)
         if _open_batches.get(db) is batch:
@@ -426,10 +418,3 @@ def delete_user(txn: Txn, user_id: str) -> None:
     """A deactivated user's pushers and push data go (AccountStore hook, in its txn)."""
     for table in ("pushers", "push_rules", "event_push_actions", "event_push_own"):
         txn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
-
-    def _forget() -> None:  # every cache: the hook does not know which database it is
-        for cache in list(_caches.values()):
-            cache.drop_user(user_id)
-
-    _forget()
-    txn.call_after_commit(_forget)

@@ -7,9 +7,8 @@ event earlier in the stream than the one already stored for the same key) is ign
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
-from store import push as push_store
 from store.database import Database, Txn
 from store.streams import StreamIdGenerator
 
@@ -26,12 +25,16 @@ class Receipt:
 
 
 _COLS = "room_id, receipt_type, user_id, thread_id, event_id, ts, stream_id"
+READ_RECEIPTS = ("m.read", "m.read.private")
 
 
 class ReceiptStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.stream = StreamIdGenerator(db, "receipts", "stream_id")
+        #: called with (user_id, room_id) after a read receipt (m.read, m.read.private)
+        #: has moved and committed
+        self.on_read_moved: list[Callable[[str, str], None]] = []
 
     def put(self, room_id: str, receipt_type: str, user_id: str, thread_id: str,
             event_id: str, event_stream_ordering: int, ts: int) -> int | None:
@@ -58,8 +61,9 @@ class ReceiptStore:
 
         with self.stream.allocate() as (sid,):
             self.db.run("put_receipt", _t, sid, write=True)
-        if receipt_type in push_store.READ_RECEIPTS:  # moves a read position
-            push_store.receipt_moved(self.db, user_id, room_id)
+        if receipt_type in READ_RECEIPTS:
+            for hook in self.on_read_moved:
+                hook(user_id, room_id)
         return sid
 
     def changed(self, room_ids: Iterable[str], since: int | None, upto: int) -> list[Receipt]:

@@ -60,7 +60,8 @@ class UnreadCache:
 
     def begin_fill(self, keys: Iterable[Key]) -> list[Key]:
         """Mark ``keys`` as being read from the store; call before the read starts (and
-        before it takes the evaluator's unwritten rows)."""
+        before it takes the evaluator's unwritten rows), and :meth:`end_fill` with the same
+        keys (returned) after it."""
         keys = list(keys)
         for k in keys:
             self._filling[k] = self._filling.get(k, 0) + 1

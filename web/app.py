@@ -18,7 +18,7 @@ from atrium.config import Config, ConfigError, load_config
 from atrium.errors import MatrixError
 from atrium.logs import request_id_var, setup_logging
 from web.errors import error_response, install_error_handlers
-from web.http import DEFAULT_HEADERS, request_id
+from web.http import DEFAULT_HEADERS, loggable_path, request_id
 from web.ratelimit import Ratelimiter
 
 log = logging.getLogger(__name__)
@@ -193,11 +193,7 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
 
 
 def _safe_path() -> str:
-    # never log access tokens passed as query parameters
-    qs = request.query_string.decode("latin-1")
-    if "access_token" in qs:
-        return request.path + "?<redacted>"
-    return request.full_path.rstrip("?")
+    return loggable_path(request.path, request.query_string.decode("latin-1"))
 
 
 def app_from_environment() -> Flask:

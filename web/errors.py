@@ -15,9 +15,31 @@ log = logging.getLogger(__name__)
 def error_response(err: MatrixError) -> Response:
     resp = jsonify(err.to_json())
     resp.status_code = err.status
-    if err.status == 429 and "retry_after_ms" in err.extra:
-        resp.headers["Retry-After"] = str(max(1, int(err.extra["retry_after_ms"]) // 1000))
+    after = retry_after(err)
+    if after is not None:
+        resp.headers["Retry-After"] = after
     return resp
+
+
+def retry_after(err: MatrixError) -> str | None:
+    """The ``Retry-After`` header value of a 429 that says when to retry."""
+    if err.status == 429 and "retry_after_ms" in err.extra:
+        return str(max(1, int(err.extra["retry_after_ms"]) // 1000))
+    return None
+
+
+def error_for(e: Exception) -> MatrixError:
+    """The Matrix error that answers an exception a handler let through, logged as it
+    deserves (call it inside the ``except``, so a traceback is at hand)."""
+    if isinstance(e, MatrixError):
+        return e
+    mapped = supervision_error(e)
+    if mapped is not None:
+        if mapped.status >= 500:
+            log.warning("request failed: %s: %s", type(e).__name__, e)
+        return mapped
+    log.exception("unhandled error")
+    return MatrixError(500, "M_UNKNOWN", "Internal server error")
 
 
 def supervision_error(e: Exception) -> MatrixError | None:
@@ -59,10 +81,4 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _any(e: Exception) -> Response:
-        mapped = supervision_error(e)
-        if mapped is not None:
-            if mapped.status >= 500:
-                log.warning("request failed: %s: %s", type(e).__name__, e)
-            return error_response(mapped)
-        log.exception("unhandled error")
-        return error_response(MatrixError(500, "M_UNKNOWN", "Internal server error"))
+        return error_response(error_for(e))

@@ -37,6 +37,13 @@ def request_id(environ: dict[str, Any]) -> str:
     return given if _REQUEST_ID.match(given) else os.urandom(6).hex()
 
 
+def loggable_path(path: str, query_string: str) -> str:
+    """A request's path and query for the access log, never with an access token in it."""
+    if "access_token" in query_string:
+        return path + "?<redacted>"
+    return f"{path}?{query_string}" if query_string else path
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 

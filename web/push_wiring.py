@@ -71,11 +71,20 @@ def register(app: Any, runtime: Any) -> None:
     runtime.parts["push"] = svc
     runtime.parts.setdefault("supervisors", {})["pushers"] = sender.supervisor
     rooms.on_persisted.append(evaluator.on_persisted)
-    push_store.set_barrier(db, evaluator.barrier, evaluator.unwritten,
-                           cache_size=config.caches.unread_counts)
+    counts = push_store.set_barrier(db, evaluator.barrier, evaluator.unwritten,
+                                    cache_size=config.caches.unread_counts)
     accounts = runtime.parts["accounts"]
     accounts.on_devices_deleted.append(pusher_store.delete_for_devices)
     accounts.on_user_deactivated.append(push_store.delete_user)
+    if counts is not None:  # what moves read positions outside the evaluator
+        runtime.parts["sync"].receipts.on_read_moved.append(
+            lambda user_id, room_id: counts.drop((user_id, room_id)))
+
+        def _forget_user(txn: Any, user_id: str) -> None:  # now, and once it is committed
+            counts.drop_user(user_id)
+            txn.call_after_commit(lambda: counts.drop_user(user_id))
+
+        accounts.on_user_deactivated.append(_forget_user)
 
     def _stop() -> None:
         push_store.set_barrier(db, None)

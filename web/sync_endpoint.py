@@ -21,8 +21,8 @@ from urllib.parse import parse_qsl
 from atrium.errors import MatrixError
 from atrium.logs import request_id_var
 from web.auth import authenticate, token_from
-from web.errors import supervision_error
-from web.http import DEFAULT_HEADERS, request_id
+from web.errors import error_for, retry_after
+from web.http import DEFAULT_HEADERS, loggable_path, request_id
 from web.sync import get_sync
 
 log = logging.getLogger("web.app")  # the access log lines of every other route come from there
@@ -57,19 +57,12 @@ class SyncEndpoint:
             answer = get_sync(self.runtime, req, args.get)
             del args  # not kept while the /sync waits
             body = answer()
-        except MatrixError as e:
-            status, body = e.status, e.to_json()
-            if e.status == 429 and "retry_after_ms" in e.extra:
-                extra.append(("Retry-After",
-                              str(max(1, int(e.extra["retry_after_ms"]) // 1000))))
-        except Exception as e:  # noqa: BLE001 - answered 500 like every other route
-            mapped = supervision_error(e)
-            if mapped is None:
-                log.exception("unhandled error")
-                mapped = MatrixError(500, "M_UNKNOWN", "Internal server error")
-            elif mapped.status >= 500:
-                log.warning("request failed: %s: %s", type(e).__name__, e)
-            status, body = mapped.status, mapped.to_json()
+        except Exception as e:  # noqa: BLE001 - answered as every Flask route answers it
+            err = error_for(e)
+            status, body = err.status, err.to_json()
+            after = retry_after(err)
+            if after is not None:
+                extra.append(("Retry-After", after))
         try:
             data = (json.dumps(body, separators=(",", ":")) + "\n").encode()
         except (TypeError, ValueError):  # a value JSON cannot hold: never a bare 500
@@ -80,10 +73,8 @@ class SyncEndpoint:
                    *((k, v) for _, k, v in DEFAULT_HEADERS), ("X-Request-Id", rid), *extra]
         start_response(f"{status} {_phrase(status)}", headers)
         if log.isEnabledFor(logging.INFO):
-            path = environ.get("PATH_INFO", "")
-            shown = path + "?<redacted>" if "access_token" in qs else (
-                f"{path}?{qs}" if qs else path)
-            log.info("%s %s -> %s", method, shown, status)
+            log.info("%s %s -> %s", method, loggable_path(environ.get("PATH_INFO", ""), qs),
+                     status)
         return [data]
 
 
