@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from atrium.federation_config import FederationConfig, parse_federation_config
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "homeserver.yaml"
@@ -105,6 +107,7 @@ class Config:
     room_list_publication_rules: tuple["DirectoryRule", ...] | None = None
     alias_creation_rules: tuple["DirectoryRule", ...] | None = None
     caches: CacheConfig = field(default_factory=CacheConfig)
+    federation: "FederationConfig" = field(default_factory=lambda: FederationConfig())
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -199,6 +202,11 @@ KNOWN_KEYS = {
     "media_upload_limits",
     "alias_creation_rules",
     "caches",
+    # federation (atrium/federation_config.py)
+    "key_refresh_interval", "old_signing_keys", "federation_domain_whitelist",
+    "federation_certificate_verification_whitelist", "federation_custom_ca_list",
+    "federation_ip_range_whitelist", "rc_federation", "allow_public_rooms_over_federation",
+    "tls_certificate_path", "tls_private_key_path",
 }
 
 
@@ -349,6 +357,7 @@ def parse_config(raw: Any, path: str = "<memory>", base_dir: str | None = None) 
         room_list_publication_rules=_directory_rules(raw, "room_list_publication_rules"),
         alias_creation_rules=_directory_rules(raw, "alias_creation_rules"),
         caches=_caches(raw.get("caches")),
+        federation=parse_federation_config(raw, rel, ConfigError),
     )
 
 

@@ -31,6 +31,9 @@ def register_all(app: Flask, runtime: Any) -> None:
     _register_e2ee(app, runtime)  # e2ee
     # last of the room hooks: the /syncs it wakes run after what the others scheduled
     runtime.parts["rooms"].on_persisted.append(runtime.parts["sync"].wake_persisted)
+    from web import federation_wiring  # federation: after every area it serves
+
+    federation_wiring.register(app, runtime)
 
 
 def _register_rooms(app: Flask, runtime: Any) -> None:
