@@ -472,6 +472,11 @@ max_upload_size: 50M
 # Open registration is off; create users with `python -m atrium register`.
 enable_registration: false
 registration_shared_secret: "{secret}"
+
+# Federation: other servers' signing keys are asked of this notary first, then of each
+# server directly (Synapse's default; [] = always ask each server itself).
+trusted_key_servers:
+  - server_name: matrix.org
 """
 
 

@@ -34,9 +34,7 @@ def register(app: Flask, runtime: Any) -> None:
         """GET /.well-known/matrix/server (only when serve_server_wellknown is on)"""
         if not config.serve_server_wellknown:
             raise MatrixError(404, "M_NOT_FOUND", "No .well-known/matrix/server configured")
-        name = config.server_name
-        delegated = name if ":" in name.rsplit("]", 1)[-1] else f"{name}:443"
-        return jsonify({"m.server": delegated})
+        return jsonify({"m.server": delegated_server(config.public_baseurl)})
 
     @bp.get("/_matrix/client/v3/capabilities")
     def capabilities() -> Any:
@@ -56,3 +54,16 @@ def register(app: Flask, runtime: Any) -> None:
         }})
 
     app.register_blueprint(bp)
+
+
+def delegated_server(public_baseurl: str) -> str:
+    """Where other servers should reach us, as Synapse announces it: the host of
+    ``public_baseurl`` with its port, 443 when it has none (federation is HTTPS, normally
+    through the same reverse proxy as the client API)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(public_baseurl)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{host}:{parts.port or 443}"

@@ -1,5 +1,6 @@
 """Configuration: defaults, Synapse key shapes, one clear line per bad key."""
 import os
+import re
 import subprocess
 import sys
 
@@ -86,3 +87,26 @@ def test_gunicorn_app_with_bad_config_fails_with_one_line(tmp_path):
     assert p.returncode == 4
     assert "config key 'database.name'" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_federation_keys(tmp_path):
+    base = {"server_name": "example.org"}
+    c = parse_config(dict(base), str(tmp_path / "h.yaml")).federation
+    assert c.verify_certificates and c.trusted_key_servers[0].server_name == "matrix.org"
+    assert "127.0.0.0/8" in c.ip_range_blacklist and c.domain_whitelist is None
+    c = parse_config(dict(base, trusted_key_servers=[], federation_ip_range_blacklist=[],
+                          federation_domain_whitelist=["a.org"],
+                          rc_federation={"window_size": 2000, "concurrent": 1},
+                          federation={"queue_size": 5, "min_retry_interval": "2s"}),
+                     str(tmp_path / "h.yaml")).federation
+    assert c.trusted_key_servers == () and c.ip_range_blacklist == ()
+    assert c.domain_whitelist == frozenset({"a.org"})
+    assert c.rc_federation.window_size == 2.0 and c.rc_federation.concurrent == 1
+    assert c.queue_size == 5 and c.min_retry_interval == 2.0
+    for bad, key in (({"federation_ip_range_blacklist": ["nope"]}, "federation_ip_range_blacklist"),
+                     ({"trusted_key_servers": [{"verify_keys": {}}]}, "trusted_key_servers[0]"),
+                     ({"tls_certificate_path": "missing.pem"}, "tls_certificate_path"),
+                     ({"old_signing_keys": {"ed25519:a": {"key": "x"}}}, "old_signing_keys"),
+                     ({"federation": {"queue_size": 0}}, "federation.queue_size")):
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            parse_config(dict(base, **bad), str(tmp_path / "h.yaml"))
