@@ -39,6 +39,8 @@ from protocol.xmatrix import (XMatrix, XMatrixError, is_x_matrix, parse_x_matrix
 log = logging.getLogger(__name__)
 
 #: the parsed JSON body, left in the WSGI environ for the handler (None: no body)
+#: the largest request body a federation route reads
+MAX_FEDERATION_BODY = 16 * 1024 * 1024
 BODY_ENVIRON_KEY = "atrium.federation.body"
 
 
@@ -138,6 +140,9 @@ class RequestVerifier:
 
     @staticmethod
     def _content(flask_request: Any) -> Any:
+        # bounded before it is read: werkzeug answers 413 past the limit (a transaction of
+        # 50 PDUs of 64 KiB and 100 EDUs stays well under it)
+        flask_request.max_content_length = MAX_FEDERATION_BODY
         raw = flask_request.get_data(cache=True)
         if not raw:
             flask_request.environ[BODY_ENVIRON_KEY] = None

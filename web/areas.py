@@ -20,6 +20,8 @@ def register_all(app: Flask, runtime: Any) -> None:
     discovery.register(app, runtime)
     for accounts_area in (register, login, account, devices, profile, synapse_admin):
         accounts_area.register(app, runtime)
+    from web import openid  # OpenID tokens (served to other servers by federation/queries.py)
+    openid.register(app, runtime)
     from supervision import Tracer  # one tracer shared by every supervisor (media, rooms)
 
     runtime.parts["tracer"] = Tracer(capacity=runtime.config.trace_capacity,

@@ -1,6 +1,9 @@
 """Room aliases and the published room directory (client-server-api "Room aliases",
 "Published room directory"): ``/directory/room/{roomAlias}``, ``/rooms/{roomId}/aliases``,
-``/directory/list/room/{roomId}`` and ``/publicRooms``.
+``/directory/list/room/{roomId}`` and ``/publicRooms``.  Aliases and room lists of other
+servers (``GET /directory/room/{roomAlias}`` of a remote alias, ``/publicRooms?server=``) are
+asked over federation through ``fed.queries`` (federation/remote_queries.py); the local
+listing is handed to the federation side as ``runtime.parts["public_rooms"]``.
 
 Who may do what:
 
@@ -17,6 +20,7 @@ the first matching rule decides; no match denies; no list configured allows ever
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from functools import lru_cache
@@ -241,14 +245,24 @@ def list_public_rooms(svc: RoomService, directory: DirectoryStore, *, limit: int
     return out
 
 
-def _check_server(server_name: str) -> None:
+def _remote_server(server_name: str, remote: Any) -> str | None:
+    """The ``server`` query parameter when it names another server (None: ours).  Without
+    federation (``remote`` None) another server's list is 404, as before federation."""
     server = request.args.get("server")
     if server is None or server == server_name:
-        return
+        return None
     if not is_valid_server_name(server):
         raise invalid_param(f"Invalid server name {server!r}")
-    raise MatrixError(404, "M_NOT_FOUND", f"Cannot fetch the room directory of {server}: "
-                      "federation is not available on this server yet")
+    if remote is None:
+        raise MatrixError(404, "M_NOT_FOUND", f"Cannot fetch the room directory of {server}: "
+                          "federation is switched off on this server")
+    return server
+
+
+def remote_queries(runtime: Any) -> Any:
+    """``fed.queries`` (federation/remote_queries.py) at request time, or None when
+    federation is off."""
+    return getattr(runtime.parts.get("federation"), "queries", None)
 
 
 # ---------------------------------------------------------------------- routes
@@ -265,6 +279,8 @@ def register(app: Flask, runtime: Any) -> None:
     svc: RoomService = runtime.parts["rooms"]
     directory: DirectoryStore = runtime.parts["directory"]
     config: Config = runtime.config
+    # the listing, for the federation side (federation/queries.py serves /publicRooms)
+    runtime.parts["public_rooms"] = functools.partial(list_public_rooms, svc, directory)
     bp = Blueprint("directory", __name__)
 
     def room(room_id: str) -> None:
@@ -296,6 +312,10 @@ def register(app: Flask, runtime: Any) -> None:
         """GET /_matrix/client/v3/directory/room/{roomAlias}"""
         if not is_valid_room_alias(room_alias):
             raise invalid_param("Room alias invalid")
+        if server_of(room_alias) != config.server_name:
+            remote = remote_queries(runtime)
+            if remote is not None:
+                return jsonify(remote.directory(room_alias))
         row = directory.get_alias(room_alias) \
             if server_of(room_alias) == config.server_name else None
         if row is None:
@@ -364,8 +384,12 @@ def register(app: Flask, runtime: Any) -> None:
         """GET /_matrix/client/v3/publicRooms"""
         if request.headers.get("Authorization") or request.args.get("access_token"):
             require_auth(allow_guest=True)   # a token, if sent, must be valid
-        _check_server(config.server_name)
+        remote = remote_queries(runtime)
+        server = _remote_server(config.server_name, remote)
         limit = query_int("limit", None, minimum=0)
+        if server is not None:
+            return jsonify(remote.public_rooms(server, limit=limit,
+                                               since=request.args.get("since") or None))
         return jsonify(list_public_rooms(svc, directory, limit=limit,
                                          since=request.args.get("since") or None))
 
@@ -374,7 +398,8 @@ def register(app: Flask, runtime: Any) -> None:
         """POST /_matrix/client/v3/publicRooms"""
         require_auth(allow_guest=True)
         body = json_body(optional=True)
-        _check_server(config.server_name)
+        remote = remote_queries(runtime)
+        server = _remote_server(config.server_name, remote)
         limit = check_type(body, "limit", int)
         since = check_type(body, "since", str)
         flt = check_type(body, "filter", dict, default={}) or {}
@@ -388,6 +413,12 @@ def register(app: Flask, runtime: Any) -> None:
         if instance is not None and all_networks:
             raise invalid_param("third_party_instance_id cannot be used with "
                                 "include_all_networks")
+        if server is not None:
+            search = {k: v for k, v in (("generic_search_term", term),
+                                        ("room_types", room_types)) if v is not None}
+            return jsonify(remote.public_rooms(
+                server, limit=limit, since=since or None, search_filter=search or None,
+                include_all_networks=all_networks, third_party_instance_id=instance))
         if instance is not None:
             # no application services bridge networks here: that network has no rooms
             return jsonify({"chunk": [], "total_room_count_estimate": 0})

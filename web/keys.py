@@ -4,8 +4,10 @@
 Checks and storage live below: the pure checks in ``protocol/e2e_keys.py``, the tables in
 ``store/e2e_keys.py``.  A change of a user's device keys is recorded in the device-list
 stream (the sync area's ``DeviceListStore``), which /sync and /keys/changes turn into
-``device_lists.changed`` for every user sharing a room.  Users of other servers are reported
-in ``failures``: there is no federation yet.
+``device_lists.changed`` for every user sharing a room.  Keys of users of other servers are
+asked over federation (``fed.queries``, federation/remote_queries.py: every server at once,
+within the request's ``timeout``); servers that do not answer in time are reported in
+``failures``, as are all of them when federation is switched off.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ P = "/_matrix/client/v3"
 #: Bounds on one request (ARCHITECTURE invariant 5).
 MAX_QUERY_USERS = 1000
 MAX_CLAIM_DEVICES = 3000
-#: The answer for servers we cannot reach (no federation yet).
+#: The answer for servers we cannot reach (federation switched off).
 UNREACHABLE = {"status": 503, "message": "Federation is not available on this server"}
 
 
@@ -63,14 +65,24 @@ def register(app: Flask, runtime: Any) -> None:
     def query() -> Any:
         """POST /_matrix/client/v3/keys/query"""
         req = require_auth()
-        wanted = _user_map(json_body(), "device_keys", list, MAX_QUERY_USERS)
+        body = json_body()
+        wanted = _user_map(body, "device_keys", list, MAX_QUERY_USERS)
         local = {u: [d for d in ds if isinstance(d, str)] for u, ds in wanted.items()
                  if u.endswith(suffix)}
+        timeout = _timeout(body)
         res = keys.query(req.user_id, local)
-        out: dict[str, Any] = {"device_keys": res.device_keys,
-                               "failures": _failures(wanted, suffix),
+        out: dict[str, Any] = {"device_keys": res.device_keys, "failures": {},
                                "master_keys": res.master_keys,
                                "self_signing_keys": res.self_signing_keys}
+        remote_wanted = {u: ds for u, ds in wanted.items() if not u.endswith(suffix)}
+        remote = _remote(runtime)
+        if remote is None:
+            out["failures"] = _failures(remote_wanted, suffix)
+        elif remote_wanted:
+            got = remote.keys_query(remote_wanted, timeout)
+            for kind in ("device_keys", "master_keys", "self_signing_keys"):
+                out[kind].update(got[kind])
+            out["failures"] = got["failures"]
         if res.user_signing_keys:
             out["user_signing_keys"] = res.user_signing_keys
         return jsonify(out)
@@ -79,19 +91,30 @@ def register(app: Flask, runtime: Any) -> None:
     def claim() -> Any:
         """POST /_matrix/client/v3/keys/claim"""
         require_auth()
-        wanted = _user_map(json_body(), "one_time_keys", dict, MAX_CLAIM_DEVICES)
+        body = json_body()
+        wanted = _user_map(body, "one_time_keys", dict, MAX_CLAIM_DEVICES)
         triples = []
+        count = 0
         for user_id, devices in wanted.items():
-            if not user_id.endswith(suffix):
-                continue
             for device_id, alg in devices.items():
                 if not isinstance(alg, str):
                     raise bad_json("'one_time_keys' must map devices to algorithms")
-                triples.append((user_id, device_id, alg))
-        if len(triples) > MAX_CLAIM_DEVICES:
+                count += 1
+                if user_id.endswith(suffix):
+                    triples.append((user_id, device_id, alg))
+        if count > MAX_CLAIM_DEVICES:
             raise invalid_param(f"At most {MAX_CLAIM_DEVICES} devices per claim")
-        return jsonify({"one_time_keys": keys.claim(triples),
-                        "failures": _failures(wanted, suffix)})
+        timeout = _timeout(body)
+        remote_wanted = {u: ds for u, ds in wanted.items() if not u.endswith(suffix)}
+        remote = _remote(runtime)
+        claimed = keys.claim(triples)
+        if remote is None:
+            return jsonify({"one_time_keys": claimed,
+                            "failures": _failures(remote_wanted, suffix)})
+        got = remote.keys_claim(remote_wanted, timeout) if remote_wanted else \
+            {"one_time_keys": {}, "failures": {}}
+        claimed.update(got["one_time_keys"])
+        return jsonify({"one_time_keys": claimed, "failures": got["failures"]})
 
     @bp.get(f"{P}/keys/changes")
     def changes() -> Any:
@@ -105,6 +128,21 @@ def register(app: Flask, runtime: Any) -> None:
         return jsonify({"changed": changed, "left": left})
 
     app.register_blueprint(bp)
+
+
+def _remote(runtime: Any) -> Any:
+    """``fed.queries`` at request time (None: federation switched off)."""
+    return getattr(runtime.parts.get("federation"), "queries", None)
+
+
+def _timeout(body: dict[str, Any]) -> float:
+    """The request's ``timeout`` (ms, default 10 s) in seconds, for the remote servers."""
+    ms = body.get("timeout", 10_000)
+    if ms is None:
+        ms = 10_000
+    if isinstance(ms, bool) or not isinstance(ms, int):
+        raise bad_json("'timeout' must be an integer (milliseconds)")
+    return max(0, min(ms, 60_000)) / 1000.0
 
 
 def _user_map(body: dict[str, Any], key: str, kind: type, limit: int) -> dict[str, Any]:

@@ -4,7 +4,9 @@
 Only a user's own profile can be changed.  After a change, every listener in
 ``runtime.parts["profile_listeners"]`` is called with ``(user_id, field, value)``: that is
 the seam through which the rooms area will re-send the user's ``m.room.member`` events.
-Profiles of remote users (a federation query) are not looked up yet: 404 ``M_NOT_FOUND``.
+Profiles of users of other servers are asked over federation (``fed.queries.profile``,
+federation/remote_queries.py, cached there): the remote's 404/403 are passed on, no answer is
+502.  With federation switched off they are 404 ``M_NOT_FOUND``.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from flask import Blueprint, Flask, jsonify
 
 from atrium.config import Config
 from atrium.errors import bad_json, forbidden, invalid_param, missing_param, not_found
+from protocol.ids import is_valid_user_id
 from store.accounts import AccountStore
 from web.auth import require_auth
 from web.http import json_body
@@ -48,7 +51,12 @@ def register(app: Flask, runtime: Any) -> None:
     bp = Blueprint("profile", __name__)
     bp.url_value_preprocessor(reject_nul_path_values)
 
-    def _profile_or_404(user_id: str) -> dict[str, Any]:
+    def _profile_or_404(user_id: str, field: str | None = None) -> dict[str, Any]:
+        if not _is_local(user_id) and is_valid_user_id(user_id):
+            remote = getattr(runtime.parts.get("federation"), "queries", None)
+            if remote is not None:
+                got = remote.profile(user_id, field)
+                return {k: got.get(k) for k in FIELDS} if field else got
         profile = accounts.get_profile(user_id) if _is_local(user_id) else None
         if profile is None:
             raise not_found("Profile not found")
@@ -73,7 +81,7 @@ def register(app: Flask, runtime: Any) -> None:
     @bp.get("/_matrix/client/v3/profile/<user_id>/<any(displayname, avatar_url):field>")
     def get_field(user_id: str, field: str) -> Any:
         """GET /_matrix/client/v3/profile/{userId}/{displayname|avatar_url}"""
-        value = _profile_or_404(user_id)[field]
+        value = _profile_or_404(user_id, field)[field]
         if value is None:
             raise not_found(f"The user has no {field}")
         return jsonify({field: value})

@@ -1,6 +1,7 @@
 """POST /keys/upload, /keys/query and /keys/claim: device keys checked against the device's
 own ed25519 key, one-time and fallback keys, counts in /sync, remote users as failures."""
 from protocol.signing import generate_signing_key
+from web.app import runtime_of
 from tests.e2ee.conftest import V, user
 
 
@@ -94,7 +95,17 @@ def test_claim_takes_each_key_once_then_the_fallback(app):
     assert got == {"one_time_keys": {}, "failures": {}}
 
 
+class _Unreachable:
+    """A stand-in for the federation client: no server can be reached."""
+
+    def post_json(self, destination, path, body, **kw):
+        from federation.errors import RemoteUnreachable
+        raise RemoteUnreachable(destination, "connection refused")
+
+
 def test_remote_users_are_failures(app):
+    # users of servers that cannot be reached (tests/federation has the answering ones)
+    runtime_of(app).parts["federation"].client = _Unreachable()
     alice = user(app, "alice")
     got = alice.query(["@carol:elsewhere.example", alice.user_id])
     assert got["failures"] == {"elsewhere.example": {"status": 503, "message": got[

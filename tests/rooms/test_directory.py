@@ -3,7 +3,9 @@ from urllib.parse import quote
 
 import pytest
 
+from federation.errors import RemoteHTTPError, RemoteUnreachable
 from tests.rooms.conftest import user
+from web.app import runtime_of
 from web.directory import validate_canonical_alias
 
 V = "/_matrix/client/v3"
@@ -11,6 +13,26 @@ V = "/_matrix/client/v3"
 
 def alias_path(alias):
     return f"{V}/directory/room/{quote(alias, safe='')}"
+
+
+class _RemoteSays:
+    """A stand-in for the federation client: every request raises ``error``."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def request(self, method, destination, path, **kw):
+        raise self.error
+
+    def get_json(self, destination, path, **kw):
+        raise self.error
+
+    def post_json(self, destination, path, body, **kw):
+        raise self.error
+
+
+def _federation_client(app, error):
+    runtime_of(app).parts["federation"].client = _RemoteSays(error)
 
 
 # ------------------------------------------------------------------------ aliases
@@ -40,6 +62,7 @@ def test_alias_taken_is_409_room_in_use(app):
 
 
 def test_alias_bad_input(app):
+    _federation_client(app, RemoteHTTPError("elsewhere.org", 404, "M_NOT_FOUND", "unknown"))
     alice = user(app, "alice")
     room_id = alice.create_room()
     for bad in ("#nocolon", "#other:elsewhere.org", "#has space:test.local", "#:test.local"):
@@ -264,15 +287,17 @@ def test_public_rooms_filters(app):
 
 
 def test_public_rooms_server_param(app):
+    # another server's list is asked over federation: unreachable -> 502 (as Synapse)
+    _federation_client(app, RemoteUnreachable("elsewhere.org", "no route"))
     alice = user(app, "alice")
     alice.create_room(visibility="public")
     assert len(alice.req("GET", f"{V}/publicRooms?server=test.local")["chunk"]) == 1
     assert alice.req("GET", f"{V}/publicRooms?server=elsewhere.org",
-                     status=404)["errcode"] == "M_NOT_FOUND"
+                     status=502)["errcode"] == "M_UNKNOWN"
     assert alice.req("GET", f"{V}/publicRooms?server=bad%20name",
                      status=400)["errcode"] == "M_INVALID_PARAM"
     assert alice.req("POST", f"{V}/publicRooms?server=elsewhere.org", {},
-                     status=404)["errcode"] == "M_NOT_FOUND"
+                     status=502)["errcode"] == "M_UNKNOWN"
     anon = app.test_client()
     assert anon.post(f"{V}/publicRooms", json={}).status_code == 401
     r = anon.get(f"{V}/publicRooms", headers={"Authorization": "Bearer nope"})

@@ -33,7 +33,16 @@ def test_set_and_get_profile(app, client, account):
 
 def test_unknown_user_is_404(client):
     for url in (f"{P}/@nobody:{SERVER}", f"{P}/@nobody:{SERVER}/displayname",
-                f"{P}/@x:remote.example", f"{P}/notauser"):
+                f"{P}/notauser"):
+        r = client.get(url)
+        assert r.status_code == 404 and r.json["errcode"] == "M_NOT_FOUND", url
+
+
+def test_remote_profile_without_federation_is_404(make_app):
+    # with federation on, remote profiles are asked over federation
+    # (tests/federation/test_remote_queries_client_api.py)
+    client = make_app(federation={"enabled": False}).test_client()
+    for url in (f"{P}/@x:remote.example", f"{P}/@x:remote.example/displayname"):
         r = client.get(url)
         assert r.status_code == 404 and r.json["errcode"] == "M_NOT_FOUND", url
 
