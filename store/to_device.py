@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from store.database import Database, Txn
 from store.streams import StreamIdGenerator
@@ -57,6 +57,29 @@ class ToDeviceStore:
 
         with self.stream.allocate(max(1, len(rows))) as ids:
             fresh = self.db.run("send_to_device", _t, ids, write=True)
+        return ids[-1], fresh
+
+    def send_claimed(self, sender: str, type_: str,
+                     targets: list[tuple[str, str, dict[str, Any]]],
+                     claim: Callable[[Txn], bool]) -> tuple[int, bool]:
+        """Queue ``(user, device, content)`` messages in one write transaction if
+        ``claim(txn)``, run first inside it, answers True (federation: the message id not
+        seen before).  Returns (last stream id, whether they were queued)."""
+        rows = [(u, d, json.dumps(c, ensure_ascii=False, separators=(",", ":")))
+                for u, d, c in targets]
+
+        def _t(txn: Txn, ids: list[int]) -> bool:
+            txn.execute("UPDATE device_inbox_position SET pos = ? WHERE pos < ?",
+                        (ids[-1], ids[-1]))
+            if not claim(txn):
+                return False
+            txn.executemany("INSERT INTO device_inbox (stream_id, user_id, device_id, sender,"
+                            " type, content) VALUES (?, ?, ?, ?, ?, ?)",
+                            [(sid, u, d, sender, type_, c) for sid, (u, d, c) in zip(ids, rows)])
+            return True
+
+        with self.stream.allocate(max(1, len(rows))) as ids:
+            fresh = self.db.run("send_to_device_remote", _t, ids, write=True)
         return ids[-1], fresh
 
     def fetch(self, user_id: str, device_id: str, since: int | None, upto: int
