@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test test-sqlite test-postgres bench clean-venv check-config
+.PHONY: run test test-sqlite test-postgres bench clean-venv check-config demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt $(VENV)/.runtime
 ## make run: start Atrium on 127.0.0.1:8008 (writes ./homeserver.yaml on first start)
 run: $(VENV)/.runtime
 	$(BIN)/gunicorn -k gevent web:app
+
+## make demo: three federating Atrium servers on loopback (TLS, one user each); Ctrl-C stops them
+demo: $(VENV)/.runtime
+	$(BIN)/python -m atrium demo $(DEMO_ARGS)
 
 check-config: $(VENV)/.runtime
 	$(BIN)/python -m atrium check-config

@@ -3,6 +3,9 @@
 One gevent worker per server: a room's actor must be the only writer of that room, and two
 workers would mean two actors for one room (STACK-NOTES).  Scale out by routing rooms to
 processes, not by raising ``workers``.  Never ``preload_app``: actors must start in the worker.
+
+TLS: with ``tls_certificate_path`` and ``tls_private_key_path`` in the Atrium config the same
+listener serves HTTPS (federation needs TLS); without them it is plain HTTP, as for ``make run``.
 """
 import os
 
@@ -16,6 +19,39 @@ timeout = 60
 graceful_timeout = 20
 accesslog = None
 control_socket_disable = True  # gunicorn 27 opens ~/.gunicorn/ by default; not needed
+
+
+def _tls_files():
+    """(certfile, keyfile) from the Atrium config's ``tls_certificate_path`` /
+    ``tls_private_key_path`` (Synapse's keys; relative paths are relative to the config
+    file's folder), or None.  Read cheaply with yaml, without building the app; anything
+    odd (no file, bad YAML, keys missing or unreadable) gives None, and the app reports a
+    bad config properly when it starts."""
+    try:
+        import yaml
+
+        path = os.environ.get("ATRIUM_CONFIG") or "homeserver.yaml"
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+        if not isinstance(raw, dict):
+            return None
+        cert, key = raw.get("tls_certificate_path"), raw.get("tls_private_key_path")
+        if not (isinstance(cert, str) and isinstance(key, str) and cert and key):
+            return None
+        base = os.path.dirname(os.path.abspath(path))
+        cert, key = (os.path.join(base, os.path.expanduser(p)) for p in (cert, key))
+        if not (os.access(cert, os.R_OK) and os.access(key, os.R_OK)):
+            return None
+        return cert, key
+    except Exception:  # noqa: BLE001 -- never a traceback from the settings file
+        return None
+
+
+# HTTPS on the same listener when the config names a certificate and key; gunicorn's own
+# --certfile/--keyfile on the command line still win (it applies them after this file).
+_tls = _tls_files()
+if _tls is not None:
+    certfile, keyfile = _tls
 
 
 def _runtime():

@@ -1,6 +1,7 @@
 """Command-line tools: ``python -m atrium register`` (create a user through the shared-secret
 admin API, like Synapse's ``register_new_matrix_user``) and ``python -m atrium check-config``
-(validate the config file and say what is wrong in one line).
+(validate the config file and say what is wrong in one line) and ``python -m atrium demo``
+(three federating servers on loopback, :mod:`atrium.demo`).
 
 Exit codes: 0 success, 1 the server refused or could not be reached, 2 bad usage or config.
 """
@@ -116,6 +117,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from atrium.demo import main as demo_main  # noqa: PLC0415
+
+    return demo_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m atrium", description="Atrium homeserver tools")
     sub = p.add_subparsers(dest="command", required=True)
@@ -137,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-c", "--config", help="config file (default: $ATRIUM_CONFIG or "
                                          "./homeserver.yaml)")
     c.set_defaults(func=cmd_check_config)
+
+    d = sub.add_parser("demo", help="three federating servers on loopback (TLS, one "
+                                    "user each); Ctrl-C stops them")
+    from atrium.demo import build_parser as demo_parser  # noqa: PLC0415
+
+    demo_parser(d)
+    d.set_defaults(func=cmd_demo)
 
     sub.add_parser("trace", help="show actor traces of a running server "
                                  "(python -m atrium trace --help)", add_help=False)

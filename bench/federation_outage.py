@@ -1,0 +1,328 @@
+"""A peer's outage seen from Atrium's outbound federation queue.
+
+Two servers federate over TLS on loopback: Atrium (the sender, ``A``) and a peer (``B``:
+another Atrium by default, ``--peer synapse`` for Synapse from this venv).  The peer is
+frozen (SIGSTOP on its processes) while a user of A sends ``--messages`` (10,000) to-device
+messages to a user of B and changes its device's display name every ``--device-every``
+messages (device-list updates, sent to the servers that share a room with the user); both are
+queued for B by A (durably: architecture invariant 6, "a dead server costs a row in a
+table, not memory").  Measured:
+
+* RSS of A's gunicorn worker (``/proc/<pid>/status`` VmRSS) before the outage and at its
+  peak while the messages queue up: the growth, target <= 10 MB;
+* after SIGCONT (and one request from B to A, which tells A that B is back, as any real
+  traffic would), the catch-up time until B's user has every message exactly once and in
+  the order sent (read from B's ``/sync``), and whether B sees the last device name.
+
+Bounded in time (``--deadline``); stops what it started, by PID.  Usage::
+
+    .venv/bin/python bench/federation_outage.py [--peer atrium|synapse] [--messages 10000]
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import ssl
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from atrium.demo import RunningServer, start_server  # noqa: E402
+from atrium.tls import make_ca  # noqa: E402
+
+EVENT_TYPE = "org.atrium.bench.outage"
+OFF = {"per_second": 1_000_000, "burst_count": 1_000_000}
+ATRIUM_OVERRIDES: dict[str, Any] = {
+    "bcrypt_rounds": 4, "log_level": "WARNING",
+    "rc_message": OFF, "rc_registration": OFF,
+    "rc_login": {"address": OFF, "account": OFF, "failed_attempts": OFF},
+    "rc_joins": {"local": OFF, "remote": OFF},
+    "rc_invites": {"per_room": OFF, "per_user": OFF},
+    "rc_federation": {"window_size": 1000, "sleep_limit": 1_000_000, "sleep_delay": 0,
+                      "reject_limit": 1_000_000, "concurrent": 1000},
+}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Client:
+    """One keep-alive HTTPS connection to a server's client API, as one user."""
+
+    def __init__(self, base_url: str, ca_path: str, login: dict[str, Any]):
+        host, port = base_url.split("://", 1)[1].split(":")
+        self.ctx = ssl.create_default_context(cafile=ca_path)
+        self.host, self.port = host, int(port)
+        self.user_id: str = login["user_id"]
+        self.device_id: str = login["device_id"]
+        self.token: str = login["access_token"]
+        self.conn: http.client.HTTPSConnection | None = None
+
+    def call(self, method: str, path: str, body: Any = None,
+             query: dict[str, str] | None = None, timeout: float = 60.0) -> tuple[int, Any]:
+        if query:
+            path += "?" + urlencode(query)
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        for attempt in (1, 2):
+            if self.conn is None:
+                self.conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx,
+                                                        timeout=timeout)
+            try:
+                self.conn.timeout = timeout
+                if self.conn.sock is not None:
+                    self.conn.sock.settimeout(timeout)
+                self.conn.request(method, path, body=data, headers=headers)
+                r = self.conn.getresponse()
+                raw = r.read()
+                return r.status, (json.loads(raw) if raw else None)
+            except (http.client.HTTPException, OSError):
+                self.conn.close()
+                self.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def ok(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        status, j = self.call(method, path, body, **kw)
+        if status != 200:
+            raise RuntimeError(f"{method} {path} -> {status} {j}")
+        return j
+
+
+def _q(s: str) -> str:
+    return quote(s, safe="")
+
+
+def _start_peer(kind: str, directory: Path, ca: Any) -> Any:
+    if kind == "synapse":
+        from tests.interop.synapse_tls import start_synapse  # noqa: PLC0415
+
+        return start_synapse(directory, free_port(), ca, log_level="WARNING")
+    return start_server(directory, free_port(), ca, overrides=ATRIUM_OVERRIDES)
+
+
+def _peer_pids(peer: Any) -> list[int]:
+    return peer.pids()
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _try_shared_room(alice: Client, bob: Client) -> str | None:
+    """A room both users are in, so device-list updates of alice go to B; None when the
+    servers cannot do that yet (remote invites/joins are Federation II)."""
+    try:
+        room = alice.ok("POST", "/_matrix/client/v3/createRoom",
+                        {"preset": "public_chat"})["room_id"]
+        server = alice.user_id.split(":", 1)[1]
+        bob.ok("POST", f"/_matrix/client/v3/join/{_q(room)}", {}, timeout=30,
+               query={"server_name": server, "via": server})
+        return room
+    except (RuntimeError, OSError) as e:
+        print(f"  no shared room ({str(e)[:160]}): device-list updates are measured only "
+              f"as queued writes, not their delivery", flush=True)
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    work = Path(args.dir or tempfile.mkdtemp(prefix="atrium-outage-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ca = make_ca(work, name="Atrium outage bench CA")
+    started: list[Any] = []
+    deadline = time.monotonic() + args.deadline
+    result: dict[str, Any] = {"peer": args.peer, "messages": args.messages}
+    try:
+        a: RunningServer = start_server(work / "a", free_port(), ca,
+                                        overrides=ATRIUM_OVERRIDES)
+        started.append(a)
+        b = _start_peer(args.peer, work / "b", ca)
+        started.append(b)
+        print(f"A = Atrium {a.server_name} (master {a.pid}); B = {args.peer} "
+              f"{b.server_name} (pids {_peer_pids(b)})", flush=True)
+        alice = Client(a.base_url, ca.cert_path, a.register("alice", "bench-pass-a"))
+        bob = Client(b.base_url, ca.cert_path, b.register("bob", "bench-pass-b"))
+        [worker] = a.worker_pids()
+
+        # warm-up: keys fetched, connection made, B known to be up
+        bob.ok("GET", "/_matrix/client/v3/sync", query={"timeout": "0"})
+        since = bob.ok("GET", "/_matrix/client/v3/sync", query={"timeout": "0"})["next_batch"]
+        alice.ok("PUT", f"/_matrix/client/v3/sendToDevice/{EVENT_TYPE}/{uuid.uuid4().hex}",
+                 {"messages": {bob.user_id: {bob.device_id: {"seq": -1}}}})
+        t0 = time.monotonic()
+        while True:
+            j = bob.ok("GET", "/_matrix/client/v3/sync",
+                       query={"since": since, "timeout": "2000"})
+            since = j["next_batch"]
+            if any(e.get("type") == EVENT_TYPE for e in j.get("to_device", {}).get("events", [])):
+                break
+            if time.monotonic() - t0 > 60:
+                raise RuntimeError("warm-up to-device message did not arrive in 60 s")
+        result["warmup_delivery_s"] = round(time.monotonic() - t0, 3)
+        room = _try_shared_room(alice, bob)
+        result["shared_room"] = room is not None
+
+        time.sleep(2)
+        rss_before = rss_kb(worker)
+        peak = [rss_before]
+        sampling = threading.Event()
+
+        def sampler() -> None:
+            while not sampling.wait(0.1):
+                peak[0] = max(peak[0], rss_kb(worker))
+
+        threading.Thread(target=sampler, daemon=True).start()
+
+        _signal_all(_peer_pids(b), signal.SIGSTOP)
+        print(f"B stopped; queueing {args.messages} to-device messages "
+              f"(+ a device rename every {args.device_every}) …", flush=True)
+        t_queue = time.monotonic()
+        last_name = None
+        for i in range(args.messages):
+            alice.ok("PUT", f"/_matrix/client/v3/sendToDevice/{EVENT_TYPE}/q{i}",
+                     {"messages": {bob.user_id: {bob.device_id: {"seq": i}}}})
+            if args.device_every and i % args.device_every == args.device_every - 1:
+                last_name = f"bench device {i}"
+                alice.ok("PUT", f"/_matrix/client/v3/devices/{_q(alice.device_id)}",
+                         {"display_name": last_name})
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"deadline reached after queueing {i + 1} messages")
+        queue_s = time.monotonic() - t_queue
+        time.sleep(2)
+        rss_after = rss_kb(worker)
+        sampling.set()
+        peak[0] = max(peak[0], rss_after)
+        result.update(queue_s=round(queue_s, 1),
+                      queue_rate=round(args.messages / queue_s, 1),
+                      rss_before_mb=round(rss_before / 1024, 1),
+                      rss_after_mb=round(rss_after / 1024, 1),
+                      rss_peak_mb=round(peak[0] / 1024, 1),
+                      rss_growth_mb=round((peak[0] - rss_before) / 1024, 1))
+        print(f"  queued in {queue_s:.1f} s; A worker RSS {rss_before / 1024:.1f} -> peak "
+              f"{peak[0] / 1024:.1f} MB (+{(peak[0] - rss_before) / 1024:.1f})", flush=True)
+
+        # B comes back; its first request to A tells A so (spec: a server hearing from a
+        # destination may retry it at once)
+        _signal_all(_peer_pids(b), signal.SIGCONT)
+        t_back = time.monotonic()
+        bob.call("GET", f"/_matrix/client/v3/profile/{_q(alice.user_id)}", timeout=30)
+        seqs: list[int] = []
+        last_arrival = t_back
+        while len(seqs) < args.messages and time.monotonic() < deadline:
+            j = bob.ok("GET", "/_matrix/client/v3/sync",
+                       query={"since": since, "timeout": "5000"}, timeout=60)
+            since = j["next_batch"]
+            got = [e["content"]["seq"] for e in j.get("to_device", {}).get("events", [])
+                   if e.get("type") == EVENT_TYPE and e["content"].get("seq", -1) >= 0]
+            if got:
+                seqs += got
+                last_arrival = time.monotonic()
+        # a duplicate would show in the next syncs
+        for _ in range(3):
+            j = bob.ok("GET", "/_matrix/client/v3/sync", query={"since": since, "timeout": "500"})
+            since = j["next_batch"]
+            seqs += [e["content"]["seq"] for e in j.get("to_device", {}).get("events", [])
+                     if e.get("type") == EVENT_TYPE and e["content"].get("seq", -1) >= 0]
+        catchup = last_arrival - t_back
+        complete = len(seqs) >= args.messages
+        exact = seqs == list(range(args.messages))
+        result.update(catchup_s=round(catchup, 2), received=len(seqs),
+                      distinct=len(set(seqs)), in_order_exactly_once=exact)
+        print(f"  B resumed: {len(seqs)} received ({len(set(seqs))} distinct) in "
+              f"{catchup:.2f} s; exactly once and in order: {exact}", flush=True)
+        if last_name is not None and room is not None:
+            j = bob.ok("POST", "/_matrix/client/v3/keys/query",
+                       {"device_keys": {alice.user_id: []}})
+            seen = j.get("device_keys", {}).get(alice.user_id, {}).get(alice.device_id, {})
+            result["device_name_seen_by_b"] = seen.get("unsigned", {}).get(
+                "device_display_name")
+            result["device_name_expected"] = last_name
+        _report(result, args)
+        ok = complete and exact and result["rss_growth_mb"] <= args.rss_target_mb
+        return 0 if ok else 1
+    except RuntimeError as e:
+        print(f"federation_outage: {e}", file=sys.stderr, flush=True)
+        _report(result, args)
+        return 2
+    finally:
+        for s in reversed(started):
+            s.stop()
+        if not args.keep and not args.dir:
+            shutil.rmtree(work, ignore_errors=True)
+        elif args.keep:
+            print(f"data kept in {work}")
+
+
+def _report(result: dict[str, Any], args: argparse.Namespace) -> None:
+    growth = result.get("rss_growth_mb")
+    print("\n| measure | value | target |\n|---|---|---|")
+    rows = [
+        ("peer", result.get("peer"), ""),
+        ("to-device messages queued while B was stopped", result.get("messages"), ""),
+        ("queueing rate (msg/s, client API of A)", result.get("queue_rate"), ""),
+        ("A worker RSS before / peak (MB)",
+         f"{result.get('rss_before_mb')} / {result.get('rss_peak_mb')}", ""),
+        ("A worker RSS growth (MB)", growth,
+         f"<= {args.rss_target_mb} " + ("PASS" if growth is not None
+                                         and growth <= args.rss_target_mb else "MISS")),
+        ("catch-up after B resumed (s)", result.get("catchup_s"), ""),
+        ("received / distinct", f"{result.get('received')} / {result.get('distinct')}", ""),
+        ("exactly once, in order", result.get("in_order_exactly_once"), "True"),
+        ("shared room (device-list updates delivered)", result.get("shared_room"), ""),
+        ("B sees A's last device name", result.get("device_name_seen_by_b"),
+         result.get("device_name_expected", "")),
+    ]
+    for name, value, target in rows:
+        print(f"| {name} | {value} | {target} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--peer", choices=["atrium", "synapse"], default="atrium")
+    p.add_argument("--messages", type=int, default=10_000)
+    p.add_argument("--device-every", type=int, default=100,
+                   help="rename alice's device every N messages (0: never)")
+    p.add_argument("--deadline", type=float, default=600.0, help="whole run, seconds")
+    p.add_argument("--rss-target-mb", type=float, default=10.0)
+    p.add_argument("--dir", help="work folder (default: a temporary one, removed)")
+    p.add_argument("--keep", action="store_true", help="keep the work folder")
+    p.add_argument("--json", help="write the results here")
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
