@@ -176,6 +176,17 @@ class Supervisor:
         else:
             self._faults.pop(key, None)
 
+    def unpark(self, key: str) -> bool:
+        """Lift ``key``'s park now (operator): its next message starts a fresh actor with a
+        clean restart history.  ``False`` if ``key`` is not parked."""
+        child = self._children.get(key)
+        if child is None or child.state != PARKED_STATE:
+            return False
+        self._unpark(child)
+        if child.pending == 0:
+            self._drop(child)
+        return True
+
     def pending_faults(self, key: str) -> int:
         """How many injected faults ``key`` still has to fire."""
         plan = self._faults.get(key)

@@ -4,12 +4,15 @@ injection for drills, and actor traces.
 - ``GET  /_atrium/admin/v1/actors`` — every supervisor's stats and children
 - ``POST /_atrium/admin/v1/rooms/{roomId}/fault`` ``{"kind": "crash", "count": N}``
 - ``POST /_atrium/admin/v1/actors/{supervisor}/{key}/fault`` — the same, for any supervisor
+- ``DELETE /_atrium/admin/v1/actors/{supervisor}/{key}/fault`` — clear that key's fault plan
+- ``POST /_atrium/admin/v1/actors/{supervisor}/{key}/unpark`` — lift a park now
 - ``GET  /_atrium/admin/v1/traces/{traceId}`` — one request's actor messages
 - ``GET  /_atrium/admin/v1/rooms/{roomId}/traces?limit=N`` — a room's recent traffic
   (``?format=text`` renders them as a readable sequence, as the CLI does)
 
 Fault injection exists only with ``enable_fault_injection: true``; otherwise those paths
-answer 404 ``M_UNRECOGNIZED`` as if they did not exist.
+answer 404 ``M_UNRECOGNIZED`` as if they did not exist.  Clearing a fault plan and unparking
+are always there (they only make things safer).
 """
 from __future__ import annotations
 
@@ -62,6 +65,22 @@ def register(app: Flask, runtime: Any) -> None:
     def actor_fault(name: str, key: str) -> Any:
         """POST /_atrium/admin/v1/actors/{supervisor}/{key}/fault"""
         return inject(supervisor(name), key)
+
+    @bp.delete(f"{A}/actors/<name>/<path:key>/fault")
+    def actor_fault_clear(name: str, key: str) -> Any:
+        """DELETE /_atrium/admin/v1/actors/{supervisor}/{key}/fault"""
+        require_admin()
+        sup = supervisor(name)
+        cleared = sup.pending_faults(key)
+        sup.clear_faults(key)
+        return jsonify({"key": key, "cleared": cleared})
+
+    @bp.post(f"{A}/actors/<name>/<path:key>/unpark")
+    def actor_unpark(name: str, key: str) -> Any:
+        """POST /_atrium/admin/v1/actors/{supervisor}/{key}/unpark"""
+        require_admin()
+        sup = supervisor(name)
+        return jsonify({"key": key, "unparked": sup.unpark(key), "child": sup.child(key)})
 
     @bp.get(f"{A}/actors")
     def actors() -> Any:

@@ -35,6 +35,9 @@ def register(app: Flask, runtime: Any) -> None:
     fed = Federation(server_name=config.server_name, config=config, db=runtime.db,
                      signing_key=runtime.signing_key, tracer=parts.get("tracer"))
     parts["federation"] = fed
+    from web import admin_federation  # the operator's view (empty while federation is off)
+
+    admin_federation.register(app, runtime)
     if not config.federation.enabled:
         log.info("federation is switched off (federation.enabled: false)")
         return
@@ -63,3 +66,10 @@ def register(app: Flask, runtime: Any) -> None:
         mod = _optional(name)
         if mod is not None:
             mod.install(app, fed, parts)
+    # before the store closes (hooks run in reverse): pending device-list fan-out and
+    # resyncs of remote device lists get a moment to finish
+    out = fed.extras.get("device_lists_out")
+    if out is not None:
+        runtime.shutdown_hooks.append(lambda: out.flush(1))
+    if fed.edus is not None:
+        runtime.shutdown_hooks.append(lambda: fed.edus.wait_for_resyncs(1))
