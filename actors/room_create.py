@@ -66,7 +66,6 @@ def plan_room(rv: RoomVersion, creator: str, server_name: str, body: Mapping[str
         if not isinstance(additional, list) or not all(
                 isinstance(u, str) and is_valid_user_id(u) for u in additional):
             raise _bad("additional_creators must be a list of user ids", "M_INVALID_PARAM")
-    creators = {creator} | (set(additional) if rv.privileged_creators and additional else set())
 
     invites = body.get("invite", [])
     if not isinstance(invites, list) or not all(isinstance(u, str) for u in invites):
@@ -77,6 +76,15 @@ def plan_room(rv: RoomVersion, creator: str, server_name: str, body: Mapping[str
         if server_of(u) != server_name:
             raise _bad(f"Cannot invite {u}: federation is not available on this server yet",
                        "M_INVALID_PARAM")
+    if rv.privileged_creators and preset["invitees_are_admins"] and invites:
+        # v12 (client-server-api createRoom, trusted_private_chat): the invitees get the
+        # creator's power by being creators too
+        extra = list(additional or [])
+        extra += [u for u in dict.fromkeys(invites) if u != creator and u not in extra]
+        if extra:
+            create_content["additional_creators"] = extra
+            additional = extra
+    creators = {creator} | (set(additional) if rv.privileged_creators and additional else set())
     if body.get("invite_3pid"):
         raise _bad("invite_3pid is not supported (no identity server)", "M_INVALID_PARAM")
     is_direct = body.get("is_direct", False)

@@ -51,7 +51,7 @@ from protocol.power_levels import get_event_level, get_named_level, get_user_lev
 from protocol.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 
 __all__ = ["AuthError", "check_state_independent", "check_auth_events", "check_auth",
-           "allowed_auth_types", "rule"]
+           "allowed_auth_types", "may_redact", "rule"]
 
 
 def check_state_independent(rv: RoomVersion, ev: Event) -> None:
@@ -258,3 +258,23 @@ def _check_redaction_v1(rv: RoomVersion, ev: Event, sender_level: float,
         return
     # 11.3: otherwise reject.
     raise fail(rv, ("redaction", "reject"), "sender may not redact that event")
+
+
+def may_redact(rv: RoomVersion, sender: str, target_sender: str | None,
+               auth_state: AuthState) -> bool:
+    """Whether ``sender`` may redact an event sent by ``target_sender`` (``None``: an event
+    the server does not have): its own events always, anyone's with the ``redact`` level.
+
+    Spec: client-server-api "Redactions" (a user needs the ``redact`` level to redact other
+    users' events) and the v3+ note of the auth rules ("the server must check ... before
+    applying the redaction").  The auth rules alone let any joined user send a redaction in
+    v3+ (and a same-server one in v1–v2), so the sending server applies this on top.
+    """
+    if target_sender is not None and target_sender == sender:
+        return True
+    create = auth_state.get(CREATE_KEY)
+    if create is None:
+        return False
+    pl_ev = auth_state.get(POWER_LEVELS_KEY)
+    pl = content_of(pl_ev) if pl_ev is not None else None
+    return get_user_level(rv, create, pl, sender) >= get_named_level(pl, "redact", None, rv=rv)

@@ -28,6 +28,7 @@ __all__ = [
     "room_id_for_create_event_id",
     "create_event_id_for_room_id",
     "redacts_id",
+    "oversized_fields",
     "build_event",
     "auth_types_for_event",
 ]
@@ -99,6 +100,19 @@ def redacts_id(ev: Mapping[str, Any], rv: RoomVersion) -> str | None:
     else:
         value = ev.get("redacts")
     return value if isinstance(value, str) else None
+
+
+#: client-server-api "Size limits": these keys hold at most 255 bytes (UTF-8).
+MAX_FIELD_BYTES = 255
+SIZE_LIMITED_FIELDS = ("sender", "room_id", "event_id", "type", "state_key")
+
+
+def oversized_fields(ev: Mapping[str, Any]) -> list[str]:
+    """The keys of ``ev`` among ``sender``, ``room_id``, ``event_id``, ``type`` and
+    ``state_key`` whose value is longer than 255 bytes (client-server-api "Size limits")."""
+    return [k for k in SIZE_LIMITED_FIELDS
+            if isinstance(ev.get(k), str) and len(ev[k].encode("utf-8", "surrogatepass"))
+            > MAX_FIELD_BYTES]
 
 
 def _is_create(type_: str, state_key: str | None) -> bool:

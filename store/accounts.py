@@ -215,7 +215,7 @@ class AccountStore:
             txn.execute("INSERT INTO profiles (user_id, displayname) VALUES (?, ?)",
                         (user_id, displayname))
             if uia_session is not None:
-                _finish_uia(txn, uia_session, consume_token=True)
+                _mark_registered(txn, uia_session, user_id)
             return _issue(txn, user_id, login) if login is not None else None
 
         try:
@@ -271,6 +271,12 @@ class AccountStore:
     def list_devices(self, user_id: str) -> list[dict[str, Any]]:
         return self.db.run("list_devices", lambda t: t.query_dicts(
             "SELECT device_id, display_name, last_seen_ip, last_seen_ts FROM devices"
+            " WHERE user_id = ? ORDER BY device_id", (user_id,)))
+
+    def device_connections(self, user_id: str) -> list[dict[str, Any]]:
+        """Each device's last connection (ip, time, user agent) for admin ``whois``."""
+        return self.db.run("device_connections", lambda t: t.query_dicts(
+            "SELECT device_id, last_seen_ip, last_seen_ts, last_seen_user_agent FROM devices"
             " WHERE user_id = ? ORDER BY device_id", (user_id,)))
 
     def get_device(self, user_id: str, device_id: str) -> dict[str, Any] | None:
@@ -384,6 +390,19 @@ class AccountStore:
 
         return self.db.run("get_uia_session", _q)
 
+    def update_uia_params(self, session_id: str, updates: dict[str, Any]) -> None:
+        """Merge ``updates`` into a session's ``params`` (e.g. the registration's password
+        hash, so later rounds need not send the password again)."""
+        def _t(txn: Txn) -> None:
+            raw = txn.query_value("SELECT params FROM uia_sessions WHERE session_id = ?",
+                                  (session_id,))
+            if raw is None:
+                return
+            txn.execute("UPDATE uia_sessions SET params = ? WHERE session_id = ?",
+                        (json.dumps({**json.loads(raw), **updates}), session_id))
+
+        self.db.run("update_uia_params", _t, write=True)
+
     def update_uia_clientdict(self, session_id: str, clientdict: dict[str, Any]) -> None:
         self.db.run("update_uia_clientdict", lambda t: t.execute(
             "UPDATE uia_sessions SET clientdict = ? WHERE session_id = ?",
@@ -432,6 +451,26 @@ def _token_valid(txn: Txn, token: str) -> bool:
     if expiry is not None and expiry <= now_ms():
         return False
     return uses_allowed is None or pending + completed < uses_allowed
+
+
+def _mark_registered(txn: Txn, session_id: str, user_id: str) -> None:
+    """A registration's UIA session ends by remembering the user it created (so the same
+    session completed again answers with that user, as Synapse) instead of being deleted;
+    its reserved registration token becomes a completed use, and the stored password hash
+    is dropped.  The session goes when its lifetime ends."""
+    raw = txn.query_value("SELECT params FROM uia_sessions WHERE session_id = ?",
+                          (session_id,))
+    if raw is None:
+        return
+    params = json.loads(raw)
+    token = params.pop("registration_token", None)
+    if token is not None:
+        txn.execute("UPDATE registration_tokens SET pending = pending - 1,"
+                    " completed = completed + 1 WHERE token = ?", (token,))
+    params.pop("password_hash", None)
+    params["registered_user_id"] = user_id
+    txn.execute("UPDATE uia_sessions SET params = ? WHERE session_id = ?",
+                (json.dumps(params), session_id))
 
 
 def _finish_uia(txn: Txn, session_id: str, *, consume_token: bool = False) -> None:

@@ -253,6 +253,17 @@ class EventStore:
     def get_event(self, event_id: str) -> StoredEvent | None:
         return self.get_events([event_id]).get(event_id)
 
+    def has_annotation(self, room_id: str, target: str, sender: str, event_type: str,
+                       key: str) -> bool:
+        """Whether ``sender`` already has a live (not redacted, not rejected) ``m.annotation``
+        of ``event_type`` with ``key`` on ``target``."""
+        return bool(self.db.run("has_annotation", lambda t: t.query_value(
+            "SELECT 1 FROM event_relations r JOIN events e ON e.event_id = r.event_id"
+            " WHERE r.relates_to_id = ? AND r.rel_type = 'm.annotation'"
+            " AND r.aggregation_key = ? AND r.sender = ? AND r.type = ? AND r.room_id = ?"
+            " AND e.redacted_by IS NULL AND e.rejection IS NULL AND e.soft_failed = 0"
+            " LIMIT 1", (target, key, sender, event_type, room_id))))
+
     def fetch_events_txn(self, txn: Txn, event_ids: Sequence[str]) -> list[StoredEvent]:
         out = []
         for i in range(0, len(event_ids), 200):

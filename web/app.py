@@ -144,6 +144,9 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
     app.extensions["atrium"] = runtime
 
     install_error_handlers(app)
+    from web.gunicorn_errors import install as json_gunicorn_errors
+
+    json_gunicorn_errors()  # errors gunicorn answers before the app sees the request
 
     @app.url_value_preprocessor
     def _slashes(endpoint: str | None, values: dict[str, Any] | None) -> None:

@@ -23,6 +23,7 @@ from web.http import json_body
 P = "/_matrix/client/v3"
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_LIMIT = 1000
+MAX_SAFE_INT = 2**53 - 1
 
 
 def _bad(msg: str) -> MatrixError:
@@ -47,8 +48,6 @@ def _bool(d: dict[str, Any], key: str, default: bool = False) -> bool:
 
 def _obj(d: dict[str, Any], key: str) -> dict[str, Any]:
     v = d.get(key, {})
-    if v is None:
-        return {}
     if not isinstance(v, dict):
         raise _bad(f"'{key}' must be an object")
     return v
@@ -70,8 +69,8 @@ class EventFilter:
     def parse(cls, d: dict[str, Any], **extra: Any) -> "EventFilter":
         limit = d.get("limit")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                                  or limit < 1):
-            raise _bad("'limit' must be a positive integer")
+                                  or not 0 <= limit <= MAX_SAFE_INT):
+            raise _bad("'limit' must be an integer from 0 to 2^53-1")
         return cls(limit=min(limit, MAX_LIMIT) if limit is not None else None,
                    types=_str_list(d, "types"), not_types=_str_list(d, "not_types") or (),
                    senders=_str_list(d, "senders"),
@@ -153,7 +152,8 @@ class SyncFilter:
 
     @property
     def timeline_limit(self) -> int:
-        return self.timeline.limit or DEFAULT_TIMELINE_LIMIT
+        limit = self.timeline.limit
+        return DEFAULT_TIMELINE_LIMIT if limit is None else limit
 
     @property
     def lazy_load_members(self) -> bool:
@@ -186,7 +186,12 @@ _SPLIT = re.compile(r"(?<!\\)\.")
 
 
 def _field_path(s: str) -> tuple[str, ...]:
-    return tuple(p.replace("\\.", ".") for p in _SPLIT.split(s))
+    """``content.body`` → ("content", "body"); ``\\.`` is a literal dot.  No other use of a
+    backslash, and no empty part (as Synapse's filter schema)."""
+    parts = _SPLIT.split(s)
+    if any(not p or "\\" in p.replace("\\.", "") for p in parts):
+        raise _bad(f"invalid event_fields entry {s!r}")
+    return tuple(p.replace("\\.", ".") for p in parts)
 
 
 def parse_filter(d: Any) -> SyncFilter:

@@ -20,8 +20,8 @@ from atrium.config import Config
 from atrium.errors import MatrixError, forbidden, invalid_param, missing_param
 from store.accounts import AccountStore, LoginRequest, Session, UserInUse
 from web.http import check_type, json_body
-from web.uia import (DUMMY, REGISTRATION_TOKEN, InteractiveAuth, storable_text,
-                     hash_password, validate_password)
+from web.uia import (DUMMY, REGISTRATION_TOKEN, AuthRequired, InteractiveAuth,
+                     hash_password, storable_text, validate_password)
 
 _LOCALPART = re.compile(r"^[a-z0-9._=\-/+]+$")
 _TOKEN = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
@@ -44,7 +44,7 @@ def check_username(localpart: str, server_name: str) -> str:
     localpart = localpart.lower()
     if not localpart:
         raise MatrixError(400, "M_INVALID_USERNAME", "User ID cannot be empty")
-    if not _LOCALPART.match(localpart):
+    if not _LOCALPART.fullmatch(localpart):
         raise MatrixError(400, "M_INVALID_USERNAME",
                           "User ID can only contain characters a-z, 0-9, or '=_-./+'")
     if localpart.startswith("_"):
@@ -57,6 +57,22 @@ def check_username(localpart: str, server_name: str) -> str:
         raise MatrixError(400, "M_INVALID_USERNAME",
                           f"User ID may not be longer than {MAX_USER_ID_BYTES} bytes")
     return user_id
+
+
+def _registered_by_session(accounts: AccountStore, body: dict[str, Any]) -> str | None:
+    """The user a completed registration session (``auth.session``) already created."""
+    auth = body.get("auth")
+    sid = auth.get("session") if isinstance(auth, dict) else None
+    if not isinstance(sid, str) or not sid or "\x00" in sid:
+        return None
+    try:
+        session = accounts.get_uia_session(sid)
+    except UnicodeEncodeError:
+        return None
+    if session is None or session.uri != request.path:
+        return None
+    done = session.params.get("registered_user_id")
+    return done if isinstance(done, str) else None
 
 
 def user_in_use() -> MatrixError:
@@ -124,25 +140,50 @@ def register(app: Flask, runtime: Any) -> None:
         if flows is None:
             raise forbidden("Registration has been disabled")
         body = json_body()
+        done = _registered_by_session(accounts, body)
         username = check_type(body, "username", str)
         if username is not None:
             user_id = check_username(username, config.server_name)
-            if accounts.user_exists(user_id):
+            if done is not None and user_id != done:
+                raise MatrixError(400, "M_UNKNOWN", "A different user ID has already been"
+                                  " registered for this session")
+            if user_id != done and accounts.user_exists(user_id):
                 raise user_in_use()
         password = body.get("password")
         if password is not None:
             validate_password(password)
-        login = login_request(body, config, "initial_device_display_name")
-        inhibit = bool(check_type(body, "inhibit_login", bool, default=False))
+        login_request(body, config, "initial_device_display_name")   # fail early
+        check_type(body, "inhibit_login", bool)
 
-        result = uia.check(body, flows)
-        body = result.clientdict
-        username = check_type(body, "username", str)
+        try:
+            result = uia.check(body, flows)
+        except AuthRequired as e:
+            # remember the password (hashed) with the session: later rounds may send only
+            # ``auth`` (sytest "registration remembers parameters")
+            sid = e.body.get("session")
+            if isinstance(password, str) and isinstance(sid, str):
+                accounts.update_uia_params(sid, {"password_hash": hash_password(
+                    password, config.bcrypt_rounds)})
+            raise
+        # the parameters of the session's first request, overridden by this one's
+        params = result.clientdict
+        login = login_request(params, config, "initial_device_display_name")
+        inhibit = bool(check_type(params, "inhibit_login", bool, default=False))
+        done = result.params.get("registered_user_id")
+        if isinstance(done, str):
+            # this session registered a user already: the same answer again (as Synapse)
+            session = None if inhibit else accounts.login(done, login)
+            return _answer(done, session)
+        username = check_type(params, "username", str)
         user_id = (check_username(username, config.server_name) if username is not None
                    else _generate_user_id())
-        if body.get("password") is None:
+        if params.get("password") is not None:
+            password_hash = hash_password(validate_password(params["password"]),
+                                          config.bcrypt_rounds)
+        elif isinstance(result.params.get("password_hash"), str):
+            password_hash = result.params["password_hash"]
+        else:
             raise missing_param("Missing params: password")
-        password_hash = hash_password(validate_password(body["password"]), config.bcrypt_rounds)
         _ratelimit(update=True)
         try:
             session = accounts.register_user(user_id, password_hash,
@@ -151,6 +192,9 @@ def register(app: Flask, runtime: Any) -> None:
                                              uia_session=result.session_id)
         except UserInUse:
             raise user_in_use() from None
+        return _answer(user_id, session)
+
+    def _answer(user_id: str, session: Session | None) -> Any:
         if session is None:
             return jsonify({"user_id": user_id, "home_server": config.server_name})
         return jsonify(session_response(session, config.server_name))

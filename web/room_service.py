@@ -107,6 +107,8 @@ class RoomService:
             ":" + self.config.server_name
 
     def resolve_room_version(self, requested: Any) -> RoomVersion:
+        if requested is not None and not isinstance(requested, str):
+            raise MatrixError(400, "M_BAD_JSON", "room_version must be a string")
         v = self.config.default_room_version if requested is None else requested
         if not isinstance(v, str) or v not in KNOWN_ROOM_VERSIONS:
             raise MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION",

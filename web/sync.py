@@ -225,11 +225,21 @@ def _presence(ctx: SyncContext) -> list[dict[str, Any]]:
     if not svc.presence_enabled or f.excludes_all or not f.matches_type("m.presence"):
         return []
     since = ctx.since.presence if ctx.since is not None else None
-    if since is not None and since >= ctx.upto.presence:
+    newly: list[str] = ctx.cache.get("newly_joined", [])
+    if since is not None and since >= ctx.upto.presence and not newly:
         return []
-    audience = svc.store.joined_members(svc.store.joined_rooms(ctx.user_id)) | {ctx.user_id}
+    rows = []
+    if since is None or since < ctx.upto.presence:
+        audience = svc.store.joined_members(svc.store.joined_rooms(ctx.user_id)) | {ctx.user_id}
+        rows = svc.presence.changed(audience, since, ctx.upto.presence)
+    if newly:
+        # rooms joined since the token: their members' presence, changed or not (as
+        # Synapse): the client has not seen it before
+        seen = {row.user_id for row in rows}
+        extra = svc.store.joined_members(newly) - seen - {ctx.user_id}
+        rows += svc.presence.changed(extra, None, ctx.upto.presence)
     out = []
-    for row in svc.presence.changed(audience, since, ctx.upto.presence):
+    for row in rows:
         if not f.matches_sender(row.user_id):
             continue
         content: dict[str, Any] = {"presence": row.state,

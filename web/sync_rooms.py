@@ -1,11 +1,13 @@
 """The ``rooms`` part of a /sync answer: ``join``, ``invite``, ``leave`` and ``knock``.
 
 Which section a room lands in follows the user's last membership event at the ``upto``
-position (store/sync.py).  A room joined since ``since`` (or any room on an initial or
-``full_state`` sync) gets its full state; other joined rooms appear only when something moved
-in them (events, typing, receipts, room account data).  Rooms left since ``since`` get their
-timeline up to the leave event; left rooms appear on an initial sync only with
-``include_leave``.  Invites and knocks carry stripped state (client-server-api "Stripped
+position (store/sync.py).  A room (re)joined since ``since`` (or any room on an initial or
+``full_state`` sync) gets its full state; a (re)joined one also gets its recent history as
+on an initial sync (what the user may see, ``limited`` when there is more) and its members'
+presence (web/sync.py); other joined rooms appear only when something moved in them (events,
+typing, receipts, room account data).  Rooms left since ``since`` get their timeline up to
+the leave event (with full state when they were joined only within the batch); left rooms
+appear on an initial sync only with ``include_leave``.  Invites and knocks carry stripped state (client-server-api "Stripped
 state"); invites from ignored users are dropped (modules/ignore_users.md).
 """
 from __future__ import annotations
@@ -55,14 +57,16 @@ def rooms_section(ctx: SyncContext) -> dict[str, dict[str, Any]]:
         changed = since_ev is None or last.stream_ordering > since_ev
         at_since = _membership_at(ms, since_ev)
         if last.membership == "join":
-            newly = since_ev is None or at_since is None or at_since.membership != "join"
+            newly = _newly_joined(ms, since_ev, at_since)
             full = newly or ctx.full_state
             if not full and not moved(room_id) and room_id not in receipts \
                     and room_id not in room_ad \
                     and svc.typing.typing(room_id, ctx.since.typing, upto.typing) is None:
                 continue
+            if newly and since_ev is not None:
+                ctx.cache.setdefault("newly_joined", []).append(room_id)  # their presence
             jobs.append(("join", room_id, partial(
-                _joined_room, ctx, room_id, ms, full, receipts.get(room_id, []),
+                _joined_room, ctx, room_id, ms, full, newly, receipts.get(room_id, []),
                 room_ad.get(room_id, []))))
         elif last.membership == "invite" and changed:
             jobs.append(("invite", room_id,
@@ -124,6 +128,16 @@ def _membership_at(ms: list[Membership], pos: int | None) -> Membership | None:
     return found
 
 
+def _newly_joined(ms: list[Membership], since_ev: int | None,
+                  at_since: Membership | None) -> bool:
+    """Whether the user (re)joined since the token: not joined at ``since``, or some other
+    membership since (left and came back).  Such a room is new to the client: full state and
+    the recent history the user may see, not only what happened since the token."""
+    if since_ev is None or at_since is None or at_since.membership != "join":
+        return True
+    return any(m.stream_ordering > since_ev and m.membership != "join" for m in ms)
+
+
 def _visible_from(ms: list[Membership]) -> int | None:
     """Stream position from which the user was continuously joined (None: never joined)."""
     start = None
@@ -142,14 +156,16 @@ def _visible_from(ms: list[Membership]) -> int | None:
 
 
 def _joined_room(ctx: SyncContext, room_id: str, ms: list[Membership], full: bool,
-                 receipts: list[Receipt], account_data: list[dict[str, Any]]
+                 newly: bool, receipts: list[Receipt], account_data: list[dict[str, Any]]
                  ) -> dict[str, Any] | None:
     svc, upto = ctx.svc, ctx.upto
     rv = svc.rooms.room_version(room_id)
     if rv is None:
         return None
     since_ev = ctx.since_ev
-    lo = since_ev if since_ev is not None else 0
+    # a newly joined room's timeline is its recent history, not only the join (limited
+    # when there is more, as for an initial sync)
+    lo = since_ev if since_ev is not None and not newly else 0
     tl = timeline(ctx, room_id, lo, upto.events, _visible_from(ms))
     summary = None
     membership_moved = full or any(se.event.get("type") == MEMBER for se in tl.events)
@@ -184,8 +200,12 @@ def _left_room(ctx: SyncContext, room_id: str, ms: list[Membership],
     rv = svc.rooms.room_version(room_id)
     last = ms[-1]
     since_ev = ctx.since_ev
-    full = since_ev is None or ctx.full_state
-    lo = since_ev if since_ev is not None else 0
+    # joined (and left again) since the token: the client never had this room's state
+    at_since = _membership_at(ms, since_ev)
+    newly = since_ev is not None and (at_since is None or at_since.membership != "join") \
+        and any(m.membership == "join" and m.stream_ordering > since_ev for m in ms)
+    full = since_ev is None or ctx.full_state or newly
+    lo = since_ev if since_ev is not None and not newly else 0
     if rv is None:
         return {"timeline": {"events": [], "limited": False}, "state": {"events": []},
                 "account_data": {"events": account_data}}

@@ -138,7 +138,12 @@ def state_section(ctx: SyncContext, room_id: str, tl: Timeline, hi: int, full: b
     if full:
         needed.add(ctx.user_id)
     redundant_ok = ctx.filter.include_redundant_members
-    out = {k: v for k, v in picked.items() if k[0] != MEMBER}
+    if incremental and tl.limited:
+        # a gapped sync keeps the gap's member changes too (as Synapse, which turns lazy
+        # loading off for gaps): the client cannot learn of them otherwise
+        out = dict(picked)
+    else:
+        out = {k: v for k, v in picked.items() if k[0] != MEMBER}
     since_ev = ctx.since_ev
     for user in needed:
         if not isinstance(user, str):

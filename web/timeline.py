@@ -134,6 +134,10 @@ def messages(rd: Reader, room_id: str, *, from_tok: Token | None, from_raw: str 
     out: dict[str, Any] = {"chunk": rd.serve(page.events), "start": start_raw}
     if page.next_cut is not None:
         out["end"] = topo_token(page.next_cut)
+    elif not backwards and page.events:
+        # forwards, the newest event is not the end for good: later events will follow it,
+        # and a client continues from ``end`` (as Synapse gives it)
+        out["end"] = topo_token(_key(page.events[-1]))
     if flt.lazy_load_members and page.events:
         state = rd.member_state(page.events, page.events[-1])
         if state:

@@ -236,8 +236,16 @@ class InteractiveAuth:
             except MatrixError as e:
                 return e.error
             password = auth.get("password")
-            if claimed != user_id or not isinstance(password, str) \
-                    or not check_password(password, password_hash):
+            if claimed != user_id:
+                other = self.accounts.get_user(claimed)
+                if other is None or not isinstance(password, str) \
+                        or not check_password(password, other.password_hash):
+                    return "Invalid password"
+                # a valid login of someone else cannot authorise this user's operation
+                # (e.g. deleting their device): 403, as Synapse
+                raise MatrixError(403, "M_FORBIDDEN", "The authenticated user is not the"
+                                  " requesting user")
+            if not isinstance(password, str) or not check_password(password, password_hash):
                 return "Invalid password"
         elif stage == REGISTRATION_TOKEN:
             token = auth.get("token")

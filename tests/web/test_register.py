@@ -125,7 +125,7 @@ def test_session_only_status_poll(client):
     assert r2.status_code == 401 and r2.json["completed"] == []
 
 
-def test_session_is_gone_after_registration(client):
+def test_a_registration_session_registers_one_user_only(client):
     r = client.post(REG, json={"username": "fay", "password": "pw"})
     auth = {"type": "m.login.dummy", "session": r.json["session"]}
     assert client.post(REG, json={"username": "fay", "password": "pw",
@@ -192,9 +192,10 @@ def test_pending_use_blocks_second_registration(make_app):
     app, accounts = _token_app(make_app)
     accounts.add_registration_token("tok2", uses_allowed=1)
     c = app.test_client()
-    s1 = c.post(REG, json={"username": "a1", "password": "pw"}).json["session"]
+    s1 = c.post(REG, json={"username": "a1"}).json["session"]
     s2 = c.post(REG, json={"username": "a2", "password": "pw"}).json["session"]
-    # a1 completes the token stage but not the registration (no password): one use pending
+    # a1 completes the token stage but not the registration (no password yet, in this or
+    # the session's first request): one use pending
     r = c.post(REG, json={"username": "a1", "auth": {
         "type": "m.login.registration_token", "token": "tok2", "session": s1}})
     assert r.status_code == 400 and r.json["errcode"] == "M_MISSING_PARAM"
