@@ -36,7 +36,13 @@ def _raw_config(tmp_dir: str, dbcfg: dict[str, Any]) -> dict[str, Any]:
             "rc_registration": {"per_second": 100000, "burst_count": 100000},
             "rc_joins": {"local": {"per_second": 100000, "burst_count": 100000}},
             "rc_invites": {"per_room": {"per_second": 100000, "burst_count": 100000},
-                           "per_user": {"per_second": 100000, "burst_count": 100000}}}
+                           "per_user": {"per_second": 100000, "burst_count": 100000}},
+            # the sweep signs many federation requests as one origin in a burst
+            "rc_federation": {"window_size": 1000, "sleep_limit": 100000,
+                              "reject_limit": 100000, "concurrent": 100},
+            # hostile input must never make the server call out: no notary, and the
+            # default blacklist keeps every fetch off loopback and private ranges
+            "trusted_key_servers": []}
 
 
 def make_app(tmp_dir: str) -> tuple[Any, str | None]:

@@ -25,6 +25,7 @@ import pytest
 
 import web.http
 from store.testing import test_engine as engine_under_test
+from tests.federation.keyring_helpers import FakeServer
 from tests.robustness.conftest import SERVER, Actor, World, list_routes, rules_of
 
 ROUTES = list_routes()
@@ -66,6 +67,44 @@ PUBLIC = {
 MAY_WRITE_ON_REJECT = {"uia_sessions", "event_push_actions", "event_push_own"}
 
 
+#: Server-Server routes: signed with a key of REMOTE (known to the keyring) instead of an
+#: access token, so the hostile cases reach their handlers.
+REMOTE = FakeServer("remote.test")
+
+
+def is_federation_route(rule: str) -> bool:
+    return rule.startswith("/_matrix/federation/") or rule.startswith("/_matrix/key/")
+
+
+#: federation routes that answer without a signature (spec)
+UNSIGNED_FEDERATION = {"federation_queries.version", "federation_queries.openid_userinfo"}
+
+
+def trust_remote(world: "World") -> None:
+    """Put REMOTE's key into the app's key store, as if fetched from it."""
+    from federation.keyring import check_key_response
+    from store.server_keys import ServerKeyStore
+
+    now = int(__import__("time").time() * 1000)
+    valid, keys, resp = check_key_response(REMOTE.key_response(), REMOTE.name, now)
+    ServerKeyStore(world.runtime.db).store_response(REMOTE.name, REMOTE.name, resp, valid,
+                                                    keys, now)
+
+
+def x_matrix(method: str, target: str, data: bytes | None) -> str | None:
+    """The Authorization header REMOTE would send, or None when the body is not JSON (the
+    server answers M_NOT_JSON before it looks at a signature)."""
+    from protocol.xmatrix import sign_request
+
+    content = None
+    try:
+        if data:
+            content = json.loads(data)
+        return sign_request(REMOTE.sk, method, target, REMOTE.name, SERVER, content)
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
+        return None  # NaN, 1e400, lone surrogates: no canonical JSON to sign
+
+
 def base_endpoint(endpoint: str) -> str:
     return endpoint.split("/", 1)[0]
 
@@ -104,6 +143,7 @@ def good_param(name: str, endpoint: str, ctx: Actor, world: World) -> str:
         "filter_id": ctx.filter_id, "version": ctx.backup_version, "session_id": "sess1",
         "name": "rooms", "key": ctx.room_id, "trace_id": "trace1", "filename": "x.css",
         "field": "displayname",
+        "server_name": SERVER, "key_id": "ed25519:x", "destination": REMOTE.name,
     }
     return values[name]
 
@@ -399,7 +439,8 @@ class Sweep:
              auth: bool = True, check_rows: bool = False) -> Any:
         w = self.world
         if headers is None:
-            headers = dict(self.acting.headers) if auth else {}
+            headers = dict(self.acting.headers) if auth and not is_federation_route(
+                self.rule) else {}
         if data is not None and "Content-Type" not in headers:
             headers["Content-Type"] = ("text/plain" if self.ep in RAW_BODY
                                        else "application/json")
@@ -408,8 +449,18 @@ class Sweep:
         before = w.counts() if check_rows else None
         qs = "&".join(f"{quote(k)}={v[4:] if v.startswith('raw:') else quote(v, safe='')}"
                       for k, v in q.items())
-        r = w.client.open(path or self.path(), method=self.method, query_string=qs, data=data,
-                          headers=headers)
+        path = path or self.path()
+        environ: dict[str, str] = {}
+        if is_federation_route(self.rule):
+            target = path + ("?" + qs if qs else "")
+            environ = {"RAW_URI": target}  # what gunicorn gives: the target as sent
+            if auth and "Authorization" not in headers:
+                headers.pop("Authorization", None)
+                sig = x_matrix(self.method, target, data)
+                if sig is not None:
+                    headers["Authorization"] = sig
+        r = w.client.open(path, method=self.method, query_string=qs, data=data,
+                          headers=headers, environ_base=environ)
         self.sent += 1
         self.check(what, r, before)
         if self.destructive:
@@ -495,6 +546,11 @@ WITH_PARAMS = [r for r in ROUTES if param_names(r[0])]
 
 # -- the tests -----------------------------------------------------------------------------
 
+@pytest.fixture(autouse=True, scope="module")
+def _remote_server_trusted(world: World) -> None:
+    trust_remote(world)
+
+
 def test_sweep_covers_every_route(world: World) -> None:
     assert rules_of(world.app) == ROUTES
     assert len(ROUTES) > 100
@@ -510,10 +566,20 @@ def test_no_or_bad_token(world: World, route: tuple[str, str, str]) -> None:
              ("nul token", {"Authorization": "Bearer a\x00b"})]
     for what, headers in cases + [("bad access_token param", None)]:
         if headers is None:
-            r = s.send(what, query={"access_token": "not-a-token"}, data=data, headers={})
+            r = s.send(what, query={"access_token": "not-a-token"}, data=data, headers={},
+                       auth=False)
         else:
-            r = s.send(what, headers=dict(headers), data=data)
+            r = s.send(what, headers=dict(headers), data=data, auth=False)
         body = r.get_json(silent=True) or {}
+        if is_federation_route(route[0]):
+            # no X-Matrix signature at all: the Server-Server API's 401 (the key server
+            # and the unsigned federation routes answer without one)
+            if route[2] not in UNSIGNED_FEDERATION and not route[0].startswith(
+                    "/_matrix/key/") and (r.status_code != 401 or body.get("errcode") not in (
+                        "M_UNAUTHORIZED", "M_UNKNOWN_TOKEN")):
+                s.failures.append(f"{route_id(route)} [{what}]: {r.status_code} {body}, "
+                                  "expected 401 M_UNAUTHORIZED")
+            continue
         if s.ep not in PUBLIC and (r.status_code != 401 or body.get("errcode") not in (
                 "M_MISSING_TOKEN", "M_UNKNOWN_TOKEN")):
             s.failures.append(f"{route_id(route)} [{what}]: {r.status_code} {body}, "
@@ -680,3 +746,14 @@ def test_room_actor_survives_nul_in_relation_fields(world: World) -> None:
             svc.send(a.room_id, EventSpec("m.reaction", a.user_id, content))
         except MatrixError as e:  # a clean rejection is fine
             assert e.status < 500, e
+
+
+def test_signed_federation_requests_reach_their_handlers(world: World) -> None:
+    """The sweep's federation cases are signed as REMOTE: a good request must get past the
+    signature check, or every hostile case above would only have met the 401."""
+    s = Sweep(world, ("/_matrix/federation/v1/query/profile", "GET",
+                      "federation_queries.query_profile"))
+    r = s.send("signed", query={"user_id": world.alice.user_id})
+    assert r.status_code == 200, r.get_json()
+    r = s.send("unsigned", query={"user_id": world.alice.user_id}, headers={}, auth=False)
+    assert r.status_code == 401 and r.get_json()["errcode"] == "M_UNAUTHORIZED"
