@@ -62,7 +62,8 @@ def register(app: Flask, runtime: Any) -> None:
             fed.client.backing_off = fed.sender.backing_off
         if fed.verifier is not None:
             fed.verifier.on_origin_seen = fed.sender.wake
-    for name in ("federation.key_server", "federation.inbound", "federation.queries"):
+    for name in ("federation.key_server", "federation.inbound", "federation.queries",
+                 "federation.room_queries", "federation.pdus"):
         mod = _optional(name)
         if mod is not None:
             mod.install(app, fed, parts)
