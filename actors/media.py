@@ -2,7 +2,9 @@
 
 It allocates media ids, enforces quotas (``media_upload_limits``) and the pending-upload
 limit, commits uploads (a rename of the temp file the HTTP handler streamed, then the row),
-records thumbnails, and carries out quarantine and deletion.  Serialising these in one
+records thumbnails, commits remote media fetched by ``federation/media.py``
+(:class:`CommitRemote`: a rename of the fetched temp file, then the cache row), and carries
+out quarantine and deletion.  Serialising these in one
 actor makes check-then-write sequences (quota, "already uploaded?") race-free without locks.
 
 It is a :class:`~supervision.SupervisedActor` under one key (:data:`MEDIA_KEY`) of a
@@ -35,9 +37,10 @@ from typing import Any, Callable
 import gevent
 import gevent.event
 
-from actors.thumbnailer import remove_quietly, render
+from actors.thumbnailer import (THUMBNAILABLE_TYPES, ThumbnailError, plan,
+                                remove_quietly, render)
 from atrium.errors import MatrixError, forbidden, limit_exceeded, not_found
-from store.media import (ImageInfo, LocalMedia, MediaFiles, MediaStore, Thumbnail,
+from store.media import (ImageInfo, LocalMedia, MediaFiles, MediaStore, RemoteMedia, Thumbnail,
                          ThumbnailKey, new_media_id, now_ms)
 from supervision import (ActorFailed, SupervisedActor, SupervisionError, Supervisor,
                          SupervisorStopped, Tracer, message)
@@ -73,11 +76,28 @@ class CommitUpload:
 
 
 @message
+class CommitRemote:
+    """Cache remote media fetched into ``tmp_path``; answers the :class:`RemoteMedia` row
+    (the one already cached when another fetch won the race: the temp file is dropped)."""
+
+    origin: str
+    media_id: str
+    tmp_path: str
+    length: int
+    sha256: str
+    media_type: str
+    upload_name: str | None
+    image: ImageInfo | None
+
+
+@message
 class RequestThumbnail:
-    """Ask: the stored ``Thumbnail``, or an ``AsyncResult`` ticket settled after a render."""
+    """Ask: the stored ``Thumbnail``, or an ``AsyncResult`` ticket settled after a render.
+    With ``remote`` set, ``media_id`` is a cached remote item's ``filesystem_id``."""
 
     media_id: str
     key: ThumbnailKey
+    remote: bool = False
 
 
 @message
@@ -90,12 +110,14 @@ class _Rendered:
     tmp_path: str
     result: tuple[int, int, str] | None
     error: BaseException | None
+    remote: bool = False
 
 
 @message
 class Quarantine:
     media_id: str
     by: str | None  # None lifts the quarantine
+    origin: str | None = None  # set: a cached remote item of that server
 
 
 @message
@@ -180,7 +202,7 @@ class MediaActor(SupervisedActor):
         self.files = files
         self.limits = limits
         self.waiters = waiters
-        self._inflight: dict[tuple[str, ThumbnailKey], _RenderJob] = {}
+        self._inflight: dict[tuple[bool, str, ThumbnailKey], _RenderJob] = {}
 
     def load(self) -> None:
         """Best-effort clean-up when an incarnation starts: expired ``/create`` ids and temp
@@ -200,7 +222,12 @@ class MediaActor(SupervisedActor):
             return self._thumbnail(message)
         if isinstance(message, _Rendered):
             return self._rendered(message)
+        if isinstance(message, CommitRemote):
+            return self._commit_remote(message)
         if isinstance(message, Quarantine):
+            if message.origin is not None:
+                return self.store.set_remote_quarantined(message.origin, message.media_id,
+                                                         message.by)
             return self.store.set_quarantined(message.media_id, message.by)
         if isinstance(message, DeleteMedia):
             return self._delete(message.media_id)
@@ -269,24 +296,46 @@ class MediaActor(SupervisedActor):
         self.waiters.notify(media_id)
         return media_id
 
+    def _commit_remote(self, m: CommitRemote) -> RemoteMedia:
+        existing = self.store.get_remote_media(m.origin, m.media_id)
+        if existing is not None:
+            remove_quietly(m.tmp_path)
+            return existing
+        if m.length > self.limits.max_upload_size:
+            remove_quietly(m.tmp_path)
+            raise MatrixError(502, "M_TOO_LARGE", "Remote content is too large")
+        row = RemoteMedia(m.origin, m.media_id, new_media_id(), m.media_type, m.upload_name,
+                          m.length, m.sha256, m.image, now_ms(), None,
+                          self.limits.legacy_unauthenticated)
+        final = self.files.remote_content_path(row.filesystem_id)
+        blocking(_place, m.tmp_path, final)
+        try:
+            self.store.insert_remote_media(row)
+        except BaseException:
+            remove_quietly(final)
+            raise
+        return row
+
     # -- thumbnails ----------------------------------------------------------------------
     def _thumbnail(self, m: RequestThumbnail) -> Thumbnail | gevent.event.AsyncResult:
-        existing = self.store.get_thumbnail(m.media_id, m.key)
+        existing = (self.store.get_remote_thumbnail(m.media_id, m.key) if m.remote
+                    else self.store.get_thumbnail(m.media_id, m.key))
         if existing is not None:
             return existing
         ticket = gevent.event.AsyncResult()
-        k = (m.media_id, m.key)
+        k = (m.remote, m.media_id, m.key)
         job = self._inflight.get(k)
         if job is None or not job.open:
             job = self._inflight[k] = _RenderJob()
-            src = self.files.content_path(m.media_id)
+            src = (self.files.remote_content_path(m.media_id) if m.remote
+                   else self.files.content_path(m.media_id))
             gevent.spawn(self._render_job, job, m.media_id, m.key, src,
-                         self.files.new_tmp_path("thumb"), self.trace_id)
+                         self.files.new_tmp_path("thumb"), self.trace_id, m.remote)
         job.tickets.append(ticket)
         return ticket
 
     def _render_job(self, job: _RenderJob, media_id: str, key: ThumbnailKey, src: str,
-                    tmp: str, trace_id: str | None) -> None:
+                    tmp: str, trace_id: str | None, remote: bool = False) -> None:
         """Runs in its own greenlet, outside the actor; reports back through the supervisor."""
         token = job.token
         result, error = None, None
@@ -297,7 +346,7 @@ class MediaActor(SupervisedActor):
         sup = self.supervisor
         assert sup is not None
         try:
-            sup.tell(self.key, _Rendered(media_id, key, token, tmp, result, error),
+            sup.tell(self.key, _Rendered(media_id, key, token, tmp, result, error, remote),
                      trace_id=trace_id, sender=self.name)
         except SupervisionError as e:  # stopped, parked or full: nobody will record it
             remove_quietly(tmp)
@@ -305,7 +354,7 @@ class MediaActor(SupervisedActor):
                 job.fail(e)
 
     def _rendered(self, m: _Rendered) -> None:
-        k = (m.media_id, m.key)
+        k = (m.remote, m.media_id, m.key)
         job = self._inflight.get(k)
         if job is None or job.token != m.job:
             remove_quietly(m.tmp_path)  # a job of a crashed incarnation: already failed
@@ -318,9 +367,15 @@ class MediaActor(SupervisedActor):
         assert m.result is not None
         width, height, media_type = m.result
         try:
-            size = blocking(_place, m.tmp_path, self.files.thumbnail_path(m.media_id, m.key))
-            thumb = Thumbnail(m.key, width, height, media_type, size)
-            self.store.insert_thumbnail(m.media_id, thumb)
+            if m.remote:
+                size = blocking(_place, m.tmp_path,
+                                self.files.remote_thumbnail_path(m.media_id, m.key))
+                thumb = Thumbnail(m.key, width, height, media_type, size)
+                self.store.insert_remote_thumbnail(m.media_id, thumb)
+            else:
+                size = blocking(_place, m.tmp_path, self.files.thumbnail_path(m.media_id, m.key))
+                thumb = Thumbnail(m.key, width, height, media_type, size)
+                self.store.insert_thumbnail(m.media_id, thumb)
         except BaseException:
             remove_quietly(m.tmp_path)
             raise  # a crash: on_failure fails this job's tickets too
@@ -366,7 +421,7 @@ def check_pending_upload(row: LocalMedia | None, user_id: str, now: int) -> None
 
 def request_thumbnail(supervisor: Supervisor, media_id: str, key: ThumbnailKey,
                       timeout: float, *, trace_id: str | None = None,
-                      sender: str | None = None) -> Thumbnail:
+                      sender: str | None = None, remote: bool = False) -> Thumbnail:
     """The stored thumbnail of ``media_id`` for ``key``, rendering it first if needed.
 
     Asks the media actor (supervision errors propagate: ``MailboxFull``, ``ActorFailed``,
@@ -375,13 +430,82 @@ def request_thumbnail(supervisor: Supervisor, media_id: str, key: ThumbnailKey,
     content cannot be thumbnailed, ``ActorFailed`` if the actor crashed meanwhile.
     """
     deadline = time.monotonic() + timeout
-    answer = supervisor.ask(MEDIA_KEY, RequestThumbnail(media_id, key), timeout=timeout,
+    answer = supervisor.ask(MEDIA_KEY, RequestThumbnail(media_id, key, remote), timeout=timeout,
                             trace_id=trace_id, sender=sender)
     if isinstance(answer, Thumbnail):
         return answer
     assert isinstance(answer, gevent.event.AsyncResult)
     thumb: Thumbnail = answer.get(timeout=max(0.0, deadline - time.monotonic()))
     return thumb
+
+
+# ------------------------------------------------------------ shared by web/ and federation/
+
+@dataclass
+class MediaParts:
+    """The media area's parts, built by ``web/media.py`` and shared as
+    ``runtime.parts["media"]`` (the federation media routes and the remote fetcher use the
+    same store, files, waiters and actor)."""
+
+    store: MediaStore
+    files: MediaFiles
+    limits: MediaLimits
+    waiters: UploadWaiters
+    supervisor: Supervisor
+    ask_timeout: float
+
+
+def wait_uploaded(parts: MediaParts, media_id: str, timeout_ms: int) -> LocalMedia:
+    """The uploaded, not quarantined local media ``media_id``, waiting up to ``timeout_ms``
+    for an asynchronous upload (404 M_NOT_FOUND; 504 M_NOT_YET_UPLOADED when time is up)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    row = parts.store.get_local_media(media_id)
+    while row is not None and not row.uploaded:
+        if (row.unused_expires_ts or 0) <= now_ms():
+            row = None
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise MatrixError(504, "M_NOT_YET_UPLOADED", "Content has not yet been uploaded")
+        parts.waiters.wait(media_id, min(remaining, 1.0))
+        row = parts.store.get_local_media(media_id)
+    if row is None or row.quarantined_by is not None:
+        raise not_found("Media not found")
+    return row
+
+
+def _base_type(media_type: str | None) -> str:
+    return (media_type or "").split(";", 1)[0].strip().lower()
+
+
+def thumbnail_file(parts: MediaParts, source_id: str, media_type: str | None,
+                   image: ImageInfo | None, width: int, height: int, method: str,
+                   animated: bool, *, remote: bool = False, trace_id: str | None = None,
+                   sender: str | None = None) -> tuple[str, str]:
+    """(media type, path on disk) of the thumbnail to serve for a stored item: a local
+    media id, or with ``remote`` a cached remote item's filesystem id.  The spec's errors:
+    400 M_UNKNOWN (not thumbnailable), 413 (502 for remote content) M_TOO_LARGE, 504."""
+    if _base_type(media_type) not in THUMBNAILABLE_TYPES or image is None:
+        raise MatrixError(400, "M_UNKNOWN", "Cannot generate thumbnails for the requested content")
+    if image.width * image.height > parts.limits.max_image_pixels:
+        raise MatrixError(502 if remote else 413, "M_TOO_LARGE",
+                          "Content is too large to thumbnail")
+    key = plan(image, width, height, method, animated)
+    if key is None:  # the original is what the spec asks for here
+        path = (parts.files.remote_content_path(source_id) if remote
+                else parts.files.content_path(source_id))
+        return _base_type(media_type).replace("image/jpg", "image/jpeg"), path
+    try:
+        thumb = request_thumbnail(parts.supervisor, source_id, key, parts.ask_timeout,
+                                  trace_id=trace_id, sender=sender, remote=remote)
+    except ThumbnailError:
+        raise MatrixError(400, "M_UNKNOWN",
+                          "Cannot generate thumbnails for the requested content") from None
+    except gevent.Timeout:
+        raise MatrixError(504, "M_UNKNOWN", "Timed out generating the thumbnail") from None
+    path = (parts.files.remote_thumbnail_path(source_id, key) if remote
+            else parts.files.thumbnail_path(source_id, key))
+    return thumb.media_type, path
 
 
 # ------------------------------------------------------------------ blocking file helpers

@@ -14,6 +14,12 @@ propagates, so the sender retries the whole transaction — every handler here i
   otherwise the list is marked stale and fetched again with ``GET /_matrix/federation/v1/
   user/devices/{userId}`` in a background greenlet (one per user, a bounded number at once).
 * ``m.signing_key_update``: stores the master / self-signing keys.
+* ``m.typing``, ``m.receipt``, ``m.presence`` ("Typing Notifications", "Receipts",
+  "Presence"): handled by :class:`RoomEdus` once ``federation/edus_out.py`` attached it
+  (``EduHandlers.room_edus``).  Typing and receipts only of users of ``origin`` joined to the
+  room; receipts of type ``m.read`` (threaded ones keep their ``thread_id``) into the receipts
+  store local receipts use; presence only of users of ``origin`` who share a room with this
+  server, into the presence store.  Each wakes the local /syncs concerned.
 
 Every applied change is recorded in the device-list stream for the remote user, so local
 users who share a room with them see it in /sync ``device_lists.changed`` and
@@ -23,6 +29,7 @@ needs their devices; a later /keys/query asks their server).
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -31,7 +38,7 @@ from urllib.parse import quote
 import gevent
 import gevent.lock
 
-from protocol.ids import IdError, parse_user_id
+from protocol.ids import IdError, is_valid_room_id, parse_user_id
 from store.database import DatabaseError
 from store.federation_inbound import FederationInboundStore
 from store.remote_devices import RemoteDeviceStore
@@ -45,7 +52,13 @@ RESYNC_TIMEOUT = 30.0       # seconds, per request
 MAX_RESYNC_DEVICES = 10_000
 SEEN_USERS = 10_000         # users whose recently applied stream_ids are remembered
 SEEN_PER_USER = 64
-IGNORED_TYPES = ("m.typing", "m.receipt", "m.presence")  # Federation II
+IGNORED_TYPES = ("m.typing", "m.receipt", "m.presence")  # until RoomEdus is attached
+REMOTE_TYPING_TIMEOUT_MS = 60_000   # a remote user's typing ends unless refreshed (Synapse's)
+MAX_RECEIPTS = 1_000                # receipts per m.receipt EDU
+MAX_PRESENCE = 1_000                # entries per m.presence push
+MAX_STATUS = 1024
+PRESENCE_STATES = ("online", "unavailable", "offline")
+PRESENCE_SAME_MS = 60_000           # an unchanged state with a close last_active is not stored
 
 
 class BadEdu(ValueError):
@@ -129,11 +142,22 @@ class EduHandlers:
         self._seen: OrderedDict[str, list[str]] = OrderedDict()
         self._resyncing: dict[str, Any] = {}
         self._again: set[str] = set()
+        #: typing / receipts / presence, set by federation/edus_out.py's install
+        self.room_edus: RoomEdus | None = None
         self._handlers: dict[str, Callable[[str, dict[str, Any]], None]] = {
             "m.direct_to_device": self.on_direct_to_device,
             "m.device_list_update": self.on_device_list_update,
             "m.signing_key_update": self.on_signing_key_update,
+            "m.typing": self._room_edu("on_typing"),
+            "m.receipt": self._room_edu("on_receipt"),
+            "m.presence": self._room_edu("on_presence"),
         }
+
+    def _room_edu(self, name: str) -> Callable[[str, dict[str, Any]], None]:
+        def handler(origin: str, content: dict[str, Any]) -> None:
+            if self.room_edus is not None:
+                getattr(self.room_edus, name)(origin, content)
+        return handler
 
     # -- dispatch -------------------------------------------------------------------------
     def handle(self, origin: str, edu: Any) -> None:
@@ -351,3 +375,177 @@ class EduHandlers:
                 return
             self.remote_devices.set_cross_signing(user_id, master, self_signing)
         self._changed(user_id)
+
+
+# ------------------------------------------------------------------ typing, receipts, presence
+
+class RoomEdus:
+    """Inbound ``m.typing`` / ``m.receipt`` / ``m.presence`` (see the module docstring).
+
+    Duck-typed parts (handed over by ``federation/edus_out.py`` from ``runtime.parts``):
+    ``typing`` the TypingTracker (``set_typing``), ``receipts`` the ReceiptStore (``put``,
+    ``stream``), ``presence`` the PresenceStore (``get``, ``put``, ``stream``), ``notifier``
+    (``wake_room``, ``wake_users``, ``audience``); ``membership(room_id, user_id) ->
+    (membership, event_id)``, ``event_position(event_id) -> (room_id, stream_ordering) |
+    None`` (None also for outliers and rejected events), ``events_position() -> int`` and
+    ``shares_room(user_id) -> bool``."""
+
+    def __init__(self, *, typing: Any, receipts: Any, presence: Any, notifier: Any,
+                 membership: Callable[[str, str], Any],
+                 event_position: Callable[[str], tuple[str, int] | None],
+                 events_position: Callable[[], int], shares_room: Callable[[str], bool],
+                 presence_enabled: bool = True,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.typing = typing
+        self.receipts = receipts
+        self.presence = presence
+        self.notifier = notifier
+        self.membership = membership
+        self.event_position = event_position
+        self.events_position = events_position
+        self.shares_room = shares_room
+        self.presence_enabled = presence_enabled
+        self.clock = clock or time.time
+        self._user_lock = KeyedLock()
+
+    @classmethod
+    def from_parts(cls, server_name: str, sync: Any, rooms: Any) -> "RoomEdus":
+        """From the sync service and the room service of ``runtime.parts``."""
+        inbound = FederationInboundStore(sync.db)
+
+        def event_position(event_id: str) -> tuple[str, int] | None:
+            se = rooms.events.get_event(event_id)
+            if se is None or se.outlier or se.rejection is not None:
+                return None
+            return se.room_id, se.stream_ordering
+
+        return cls(typing=sync.typing, receipts=sync.receipts, presence=sync.presence,
+                   notifier=sync.notifier, membership=rooms.membership,
+                   event_position=event_position,
+                   events_position=rooms.events.stream.current,
+                   shares_room=inbound.shares_room,
+                   presence_enabled=bool(getattr(sync, "presence_enabled", True)))
+
+    def _joined(self, room_id: str, user_id: str) -> bool:
+        membership, _ = self.membership(room_id, user_id)
+        return membership == "join"
+
+    # -- m.typing -------------------------------------------------------------------------
+    def on_typing(self, origin: str, content: dict[str, Any]) -> None:
+        room_id = _room_id(content.get("room_id"))
+        user_id = _user_of(origin, content.get("user_id"))
+        typing = content.get("typing")
+        if not isinstance(typing, bool):
+            raise BadEdu("typing must be a boolean")
+        if user_id is None:
+            return
+        if not self._joined(room_id, user_id):
+            log.info("m.typing from %s: %s is not joined to %s, dropped", origin, user_id,
+                     room_id)
+            return
+        self.typing.set_typing(room_id, user_id, typing, REMOTE_TYPING_TIMEOUT_MS)
+
+    # -- m.receipt ------------------------------------------------------------------------
+    def on_receipt(self, origin: str, content: dict[str, Any]) -> None:
+        seen = 0
+        for room_id, by_type in content.items():
+            if not isinstance(by_type, dict):
+                raise BadEdu("receipts of a room must be an object")
+            room_id = _room_id(room_id)
+            for receipt_type, by_user in by_type.items():
+                if receipt_type != "m.read":
+                    # m.read.private never federates; other types are not ours to know
+                    continue
+                if not isinstance(by_user, dict):
+                    raise BadEdu("receipts of a type must map users")
+                for user_id, entry in by_user.items():
+                    seen += 1
+                    if seen > MAX_RECEIPTS:
+                        raise BadEdu(f"more than {MAX_RECEIPTS} receipts")
+                    try:
+                        self._one_receipt(origin, room_id, user_id, entry)
+                    except BadEdu as e:
+                        log.info("receipt from %s dropped: %s", origin, e)
+
+    def _one_receipt(self, origin: str, room_id: str, user_id: Any, entry: Any) -> None:
+        user = _user_of(origin, user_id)
+        if user is None:
+            return
+        if not isinstance(entry, dict):
+            raise BadEdu("a receipt must be an object")
+        event_ids = entry.get("event_ids")
+        if not isinstance(event_ids, list) or not event_ids:
+            raise BadEdu("event_ids must be a non-empty list")
+        event_id = _text(event_ids[0], "event id", 255)
+        data = entry.get("data")
+        data = data if isinstance(data, dict) else {}
+        ts = data.get("ts")
+        if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
+            ts = int(self.clock() * 1000)
+        thread_id = data.get("thread_id")
+        thread_id = _text(thread_id, "thread_id", 255) if thread_id is not None else ""
+        if not self._joined(room_id, user):
+            log.info("m.receipt from %s: %s is not joined to %s, dropped", origin, user,
+                     room_id)
+            return
+        pos = self.event_position(event_id)
+        if pos is not None and pos[0] != room_id:
+            raise BadEdu(f"{event_id} is not an event of {room_id}")
+        # an event not received yet counts as the newest one: the receipt is newer than
+        # anything this server holds of the room
+        so = pos[1] if pos is not None else self.events_position()
+        with self._user_lock(user):
+            sid = self.receipts.put(room_id, "m.read", user, thread_id, event_id, so, ts)
+        if sid is not None:
+            self.notifier.wake_room(room_id, self.receipts.stream, sid)
+
+    # -- m.presence -----------------------------------------------------------------------
+    def on_presence(self, origin: str, content: dict[str, Any]) -> None:
+        if not self.presence_enabled:
+            return
+        push = content.get("push")
+        if not isinstance(push, list):
+            raise BadEdu("push must be a list")
+        if len(push) > MAX_PRESENCE:
+            raise BadEdu(f"more than {MAX_PRESENCE} presence updates")
+        for entry in push:
+            try:
+                self._one_presence(origin, entry)
+            except BadEdu as e:
+                log.info("presence from %s dropped: %s", origin, e)
+
+    def _one_presence(self, origin: str, entry: Any) -> None:
+        if not isinstance(entry, dict):
+            raise BadEdu("a presence update must be an object")
+        user = _user_of(origin, entry.get("user_id"))
+        if user is None:
+            return
+        state = entry.get("presence")
+        if state not in PRESENCE_STATES:
+            raise BadEdu(f"unknown presence {state!r}")
+        ago = entry.get("last_active_ago", 0)
+        if isinstance(ago, bool) or not isinstance(ago, int) or ago < 0:
+            ago = 0
+        active = entry.get("currently_active") is True and state == "online"
+        status = entry.get("status_msg")
+        if status is not None and (not isinstance(status, str) or len(status) > MAX_STATUS
+                                   or "\x00" in status):
+            status = None
+        if not self.shares_room(user):
+            log.debug("presence of %s (no room shared) ignored", user)
+            return
+        last_active = int(self.clock() * 1000) - ago
+        with self._user_lock(user):
+            old = self.presence.get(user)
+            if old is not None and (old.state, old.status_msg, old.currently_active) \
+                    == (state, status, active) \
+                    and abs(old.last_active_ts - last_active) < PRESENCE_SAME_MS:
+                return
+            sid = self.presence.put(user, state, status, last_active, active)
+        self.notifier.wake_users(self.notifier.audience(user), self.presence.stream, sid)
+
+
+def _room_id(value: Any) -> str:
+    if not isinstance(value, str) or not is_valid_room_id(value):
+        raise BadEdu("room_id must be a room id")
+    return value

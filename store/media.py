@@ -1,5 +1,7 @@
 """Media storage: the ``local_media`` / ``local_media_thumbnails`` rows (schema
-``010_media.sql``) and the on-disk layout of the bytes under ``media_store_path``.
+``010_media.sql``), the remote media cache ``remote_media_cache`` /
+``remote_media_thumbnails`` (schema ``064_remote_media.sql``; server-server-api "Content
+Repository") and the on-disk layout of the bytes under ``media_store_path``.
 
 Reads are called from the web layer directly; writes are made only by the media actor
 (``actors/media.py``), which serialises id allocation, quota checks and commits.
@@ -86,6 +88,34 @@ class Thumbnail:
     media_length: int
 
 
+@dataclass(frozen=True)
+class RemoteMedia:
+    """A cached copy of another server's media; its bytes are named by ``filesystem_id``."""
+
+    origin: str
+    media_id: str
+    filesystem_id: str
+    media_type: str
+    upload_name: str | None
+    media_length: int
+    sha256: str
+    image: ImageInfo | None
+    created_ts: int
+    quarantined_by: str | None
+    legacy_allowed: bool
+
+
+_REMOTE_COLS = ("media_origin, media_id, filesystem_id, media_type, upload_name, media_length,"
+                " sha256, image_width, image_height, image_animated, created_ts,"
+                " quarantined_by, legacy_allowed")
+
+
+def _remote(r: tuple) -> RemoteMedia:
+    image = ImageInfo(r[7], r[8], bool(r[9])) if r[7] is not None else None
+    return RemoteMedia(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], image, int(r[10]),
+                       r[11], bool(r[12]))
+
+
 _MEDIA_COLS = ("media_id, user_id, created_ts, uploaded_ts, unused_expires_ts, media_type, "
                "upload_name, media_length, sha256, image_width, image_height, image_animated,"
                " quarantined_by, legacy_allowed")
@@ -136,12 +166,25 @@ class MediaFiles:
     def thumbnail_path(self, media_id: str, key: ThumbnailKey) -> str:
         return self._jail(os.path.join(self.thumbnail_dir(media_id), key.file_name()))
 
+    def remote_content_path(self, filesystem_id: str) -> str:
+        a, b, rest = self._shard(filesystem_id)
+        return self._jail(os.path.join(self.root, "remote_content", a, b, rest))
+
+    def remote_thumbnail_dir(self, filesystem_id: str) -> str:
+        a, b, rest = self._shard(filesystem_id)
+        return self._jail(os.path.join(self.root, "remote_thumbnails", a, b, rest))
+
+    def remote_thumbnail_path(self, filesystem_id: str, key: ThumbnailKey) -> str:
+        return self._jail(os.path.join(self.remote_thumbnail_dir(filesystem_id),
+                                       key.file_name()))
+
     def new_tmp_path(self, prefix: str = "upload") -> str:
         return os.path.join(self.tmp_dir, f"{prefix}-{secrets.token_hex(12)}")
 
 
 class MediaStore:
-    """Rows of ``local_media`` and ``local_media_thumbnails``."""
+    """Rows of ``local_media`` and ``local_media_thumbnails``; the remote cache's rows
+    (``remote_media_cache``, ``remote_media_thumbnails``) too."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -245,3 +288,57 @@ class MediaStore:
             return txn.execute("DELETE FROM local_media WHERE media_id = ?", (media_id,)) == 1
 
         return self.db.run("delete_media", _w, write=True)
+
+    # -- the remote media cache (writes: media actor only) ----------------------------------
+    def get_remote_media(self, origin: str, media_id: str) -> RemoteMedia | None:
+        def _q(txn: Txn) -> RemoteMedia | None:
+            r = txn.query_one(f"SELECT {_REMOTE_COLS} FROM remote_media_cache"
+                              " WHERE media_origin = ? AND media_id = ?", (origin, media_id))
+            return _remote(r) if r is not None else None
+
+        return self.db.run("get_remote_media", _q)
+
+    def insert_remote_media(self, media: RemoteMedia) -> bool:
+        """False when the item is cached already (the existing row stays)."""
+        def _w(txn: Txn) -> bool:
+            return txn.execute(
+                f"INSERT INTO remote_media_cache ({_REMOTE_COLS})"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                (media.origin, media.media_id, media.filesystem_id, media.media_type,
+                 media.upload_name, media.media_length, media.sha256,
+                 *_image_cols(media.image), media.created_ts, media.quarantined_by,
+                 int(media.legacy_allowed))) == 1
+
+        return self.db.run("insert_remote_media", _w, write=True)
+
+    def get_remote_thumbnail(self, filesystem_id: str, key: ThumbnailKey) -> Thumbnail | None:
+        def _q(txn: Txn) -> Thumbnail | None:
+            r = txn.query_one(
+                "SELECT width, height, media_type, media_length FROM remote_media_thumbnails"
+                " WHERE filesystem_id = ? AND box_width = ? AND box_height = ? AND method = ?"
+                " AND animated = ?",
+                (filesystem_id, key.box_width, key.box_height, key.method, int(key.animated)))
+            return Thumbnail(key, r[0], r[1], r[2], r[3]) if r is not None else None
+
+        return self.db.run("get_remote_thumbnail", _q)
+
+    def insert_remote_thumbnail(self, filesystem_id: str, thumb: Thumbnail) -> None:
+        k = thumb.key
+
+        def _w(txn: Txn) -> None:
+            txn.execute(
+                "INSERT INTO remote_media_thumbnails (filesystem_id, box_width, box_height,"
+                " method, animated, width, height, media_type, media_length)"
+                " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                (filesystem_id, k.box_width, k.box_height, k.method, int(k.animated),
+                 thumb.width, thumb.height, thumb.media_type, thumb.media_length))
+
+        self.db.run("insert_remote_thumbnail", _w, write=True)
+
+    def set_remote_quarantined(self, origin: str, media_id: str, by: str | None) -> bool:
+        def _w(txn: Txn) -> bool:
+            return txn.execute("UPDATE remote_media_cache SET quarantined_by = ?"
+                               " WHERE media_origin = ? AND media_id = ?",
+                               (by, origin, media_id)) == 1
+
+        return self.db.run("set_remote_quarantined", _w, write=True)

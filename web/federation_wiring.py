@@ -63,6 +63,7 @@ def register(app: Flask, runtime: Any) -> None:
         if fed.verifier is not None:
             fed.verifier.on_origin_seen = fed.sender.wake
     for name in ("federation.key_server", "federation.inbound", "federation.queries",
+                 "federation.edus_out", "federation.media", "federation.hierarchy",
                  "federation.room_queries", "federation.pdus"):
         mod = _optional(name)
         if mod is not None:
@@ -74,3 +75,6 @@ def register(app: Flask, runtime: Any) -> None:
         runtime.shutdown_hooks.append(lambda: out.flush(1))
     if fed.edus is not None:
         runtime.shutdown_hooks.append(lambda: fed.edus.wait_for_resyncs(1))
+    room_edus = fed.extras.get("room_edus_out")
+    if room_edus is not None:
+        runtime.shutdown_hooks.append(lambda: room_edus.flush(1))

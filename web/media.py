@@ -10,22 +10,26 @@ shared tracer ``runtime.parts["tracer"]``); its failures reach clients through
 Media ids must match ``[A-Za-z0-9_-]+`` and server names the spec's grammar; anything else
 is 404 M_NOT_FOUND (no such media can exist), which is also how paths with ``..`` or
 encoded slashes end.
+
+Media of another server (``mxc://other/…``) is served from the remote cache; a miss is
+fetched by ``federation/media.py``'s ``RemoteMediaFetcher`` (``fed.extras["remote_media"]``,
+reached at request time: federation is wired after this area) unless ``allow_remote=false``.
+Thumbnails of remote media are rendered here from the cached file.  The parts are shared as
+``runtime.parts["media"]`` (``actors.media.MediaParts``) with the federation media routes.
 """
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
-import gevent
 from flask import Blueprint, Flask, Response, g, jsonify, request
 
 from actors.media import (MEDIA_KEY, CommitUpload, CreateMedia, DeleteMedia, MediaLimits,
-                          Quarantine, UploadWaiters, blocking, check_pending_upload,
-                          media_supervisor, request_thumbnail)
-from actors.thumbnailer import THUMBNAILABLE_TYPES, ThumbnailError, plan, probe, remove_quietly
-from atrium.errors import MatrixError, invalid_param, missing_param, not_found
-from store.media import LocalMedia, MediaFiles, MediaStore, now_ms, valid_media_id
+                          MediaParts, Quarantine, UploadWaiters, blocking, check_pending_upload,
+                          media_supervisor, thumbnail_file, wait_uploaded)
+from actors.thumbnailer import THUMBNAILABLE_TYPES, probe, remove_quietly
+from atrium.errors import invalid_param, missing_param, not_found
+from store.media import LocalMedia, MediaFiles, MediaStore, RemoteMedia, now_ms, valid_media_id
 from web.auth import require_admin, require_auth
 from web.http import query_bool, query_int
 from web.media_io import (base_type, clean_content_type, content_disposition, file_response,
@@ -62,6 +66,8 @@ def register(app: Flask, runtime: Any) -> None:
     runtime.shutdown_hooks.append(lambda: supervisor.stop_all(timeout=10))
     ask_timeout = a.ask_timeout
     server_name = config.server_name
+    media = MediaParts(store, files, limits, waiters, supervisor, ask_timeout)
+    runtime.parts["media"] = media
     bp = Blueprint("media", __name__)
 
     def sent_from() -> dict[str, str | None]:
@@ -94,33 +100,36 @@ def register(app: Flask, runtime: Any) -> None:
         if not _SERVER_NAME_RE.match(s) or not valid_media_id(media_id):
             raise not_found("Invalid media ID or server name")
 
-    def lookup(s: str, media_id: str, *, legacy: bool) -> LocalMedia:
-        """The uploaded local media, waiting up to ``timeout_ms`` for an async upload."""
+    def lookup(s: str, media_id: str, *, legacy: bool) -> LocalMedia | RemoteMedia:
+        """The uploaded local media (waiting up to ``timeout_ms`` for an async upload), or
+        the cached copy of a remote item (fetched first when not cached yet)."""
         check_ids(s, media_id)
-        query_bool("allow_remote", True)
+        allow_remote = query_bool("allow_remote", True)
         query_bool("allow_redirect", False)  # accepted; we never redirect
         timeout_ms = query_int("timeout_ms", _DEFAULT_TIMEOUT_MS, minimum=0,
                                maximum=_MAX_TIMEOUT_MS) or 0
         if s != server_name:
-            # Remote media needs federation (server-server "Content Repository"), which
-            # Atrium does not have yet: until it does, remote media is simply not found.
-            raise not_found("Remote media is not available on this server")
-        deadline = time.monotonic() + timeout_ms / 1000
-        row = store.get_local_media(media_id)
-        while row is not None and not row.uploaded:
-            if (row.unused_expires_ts or 0) <= now_ms():
-                row = None
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise MatrixError(504, "M_NOT_YET_UPLOADED", "Content has not yet been uploaded")
-            waiters.wait(media_id, min(remaining, 1.0))
-            row = store.get_local_media(media_id)
-        if row is None or row.quarantined_by is not None:
-            raise not_found("Media not found")
+            return remote(s, media_id, legacy=legacy, allow_remote=allow_remote,
+                          timeout_ms=timeout_ms)
+        row = wait_uploaded(media, media_id, timeout_ms)
         if legacy and not row.legacy_allowed:
             # Spec 1.11 "freeze": media uploaded while enable_legacy_unauthenticated_media
             # is false is only served by the authenticated endpoints.
+            raise not_found("Media not found")
+        return row
+
+    def remote(s: str, media_id: str, *, legacy: bool, allow_remote: bool,
+               timeout_ms: int) -> RemoteMedia:
+        row = store.get_remote_media(s, media_id)
+        if row is None:
+            fed = runtime.parts.get("federation")
+            fetcher = fed.extras.get("remote_media") if fed is not None else None
+            if not allow_remote or fetcher is None \
+                    or (legacy and not limits.legacy_unauthenticated):
+                # the unauthenticated endpoints fetch nothing new once they are frozen
+                raise not_found("Remote media is not available on this server")
+            row = fetcher.get(s, media_id, timeout_ms=timeout_ms, **sent_from())
+        if row.quarantined_by is not None or (legacy and not row.legacy_allowed):
             raise not_found("Media not found")
         return row
 
@@ -128,8 +137,9 @@ def register(app: Flask, runtime: Any) -> None:
         row = lookup(s, media_id, legacy=legacy)
         media_type = served_content_type(row.media_type)
         disposition = content_disposition(media_type, file_name or row.upload_name)
-        return file_response(files.content_path(media_id), media_type, disposition,
-                             authenticated=not legacy)
+        path = (files.remote_content_path(row.filesystem_id) if isinstance(row, RemoteMedia)
+                else files.content_path(media_id))
+        return file_response(path, media_type, disposition, authenticated=not legacy)
 
     def thumbnail(s: str, media_id: str, *, legacy: bool) -> Response:
         width = _required_dimension("width")
@@ -139,25 +149,11 @@ def register(app: Flask, runtime: Any) -> None:
             raise invalid_param("'method' must be crop or scale")
         animated = query_bool("animated", False)
         row = lookup(s, media_id, legacy=legacy)
-        if base_type(row.media_type) not in THUMBNAILABLE_TYPES or row.image is None:
-            raise MatrixError(400, "M_UNKNOWN",
-                              "Cannot generate thumbnails for the requested content")
-        if row.image.width * row.image.height > config.max_image_pixels:
-            raise MatrixError(413, "M_TOO_LARGE", "Content is too large to thumbnail")
-        key = plan(row.image, width, height, method, animated)
-        if key is None:  # the original is what the spec asks for here
-            media_type = base_type(row.media_type).replace("image/jpg", "image/jpeg")
-            path = files.content_path(media_id)
-        else:
-            try:
-                thumb = request_thumbnail(supervisor, media_id, key, ask_timeout,
-                                          **sent_from())
-            except ThumbnailError:
-                raise MatrixError(400, "M_UNKNOWN",
-                                  "Cannot generate thumbnails for the requested content")
-            except gevent.Timeout:
-                raise MatrixError(504, "M_UNKNOWN", "Timed out generating the thumbnail")
-            media_type, path = thumb.media_type, files.thumbnail_path(media_id, key)
+        is_remote = isinstance(row, RemoteMedia)
+        media_type, path = thumbnail_file(
+            media, row.filesystem_id if isinstance(row, RemoteMedia) else media_id,
+            row.media_type, row.image, width, height, method, animated, remote=is_remote,
+            **sent_from())
         ext = media_type.rsplit("/", 1)[-1]
         return file_response(path, media_type,
                              content_disposition(media_type, f"thumbnail.{ext}",
@@ -246,8 +242,8 @@ def register(app: Flask, runtime: Any) -> None:
         """POST /_synapse/admin/v1/media/quarantine/{serverName}/{mediaId}"""
         req = require_admin()
         check_ids(serverName, mediaId)
-        if serverName == server_name:
-            ask(Quarantine(mediaId, req.user_id))
+        ask(Quarantine(mediaId, req.user_id,
+                       None if serverName == server_name else serverName))
         return jsonify({})
 
     @bp.post("/_synapse/admin/v1/media/unquarantine/<serverName>/<mediaId>")
@@ -255,8 +251,7 @@ def register(app: Flask, runtime: Any) -> None:
         """POST /_synapse/admin/v1/media/unquarantine/{serverName}/{mediaId}"""
         require_admin()
         check_ids(serverName, mediaId)
-        if serverName == server_name:
-            ask(Quarantine(mediaId, None))
+        ask(Quarantine(mediaId, None, None if serverName == server_name else serverName))
         return jsonify({})
 
     @bp.delete("/_synapse/admin/v1/media/<serverName>/<mediaId>")

@@ -6,11 +6,17 @@ which is what the timeouts would do anyway).  The stream position is a counter t
 the clock in ms so tokens never go backwards across restarts.  Each typing user has a gevent
 timer that ends the notification after its timeout; only changes of the set of typing users
 move the stream (re-sent "still typing" requests just push the timer back).
+
+Users of other servers are tracked here too (``federation/edus.py``, ``m.typing``).  Every
+call and every expiry is reported to ``listeners`` (``fn(room_id, user_id, typing)``), so
+``federation/edus_out.py`` can tell the other servers of the room about local users —
+including a re-sent "still typing", which keeps their timers alive.
 """
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import gevent
 from flask import Blueprint, Flask, jsonify
@@ -18,6 +24,8 @@ from flask import Blueprint, Flask, jsonify
 from atrium.errors import MatrixError
 from web.auth import require_auth
 from web.http import check_type, json_body, require
+
+log = logging.getLogger(__name__)
 
 P = "/_matrix/client/v3"
 MAX_TIMEOUT_MS = 120_000
@@ -37,6 +45,8 @@ class TypingTracker:
         self._notifier = notifier
         self._serial = int(time.time() * 1000)
         self._rooms: dict[str, _RoomTyping] = {}
+        #: ``fn(room_id, user_id, typing)`` after each start / refresh / stop / expiry
+        self.listeners: list[Callable[[str, str, bool], None]] = []
 
     def current(self) -> int:
         return self._serial
@@ -53,15 +63,29 @@ class TypingTracker:
                                                      room_id, user_id)
             if old is None:
                 self._changed(room_id, room)
+            self._tell(room_id, user_id, True)
         elif room is not None and user_id in room.users:
             room.users.pop(user_id).kill(block=False)
             self._changed(room_id, room)
+            self._tell(room_id, user_id, False)
+
+    def is_typing(self, room_id: str, user_id: str) -> bool:
+        room = self._rooms.get(room_id)
+        return room is not None and user_id in room.users
 
     def _expire(self, room_id: str, user_id: str) -> None:
         room = self._rooms.get(room_id)
         if room is not None and room.users.get(user_id) is gevent.getcurrent():
             del room.users[user_id]
             self._changed(room_id, room)
+            self._tell(room_id, user_id, False)
+
+    def _tell(self, room_id: str, user_id: str, typing: bool) -> None:
+        for fn in self.listeners:
+            try:
+                fn(room_id, user_id, typing)
+            except Exception:  # noqa: BLE001 - a listener never fails the typing request
+                log.exception("typing listener failed")
 
     def _changed(self, room_id: str, room: _RoomTyping) -> None:
         self._serial += 1
