@@ -11,9 +11,21 @@ What it keeps in memory is small and bounded; the store is the queue:
 * **ephemeral EDUs** (typing, presence, receipts) are held here, at most ``queue_size``,
   coalesced by key (newest wins), dropped once older than ``ephemeral_edu_ttl`` or when a
   back-off starts;
-* **PDUs** (Federation II): a window of at most ``queue_size`` notes; past it, during a back-off
-  and after a start it is in *catch-up mode*, where only ``pdu_position`` (in the store) counts
-  and ``_next_pdus`` replays from the events stream.
+* **PDUs** (server-server-api "Transactions", "PDUs"; docs/federation.md "Outbound: the
+  RemoteServerActor and catch-up"): ``pdu_position`` (in the store) is the events stream
+  ordering the destination acknowledged.  *Live mode*: a window of at most ``queue_size``
+  notes ``(stream_ordering, room_id)``, one per event :mod:`federation.pdu_out` found for the
+  destination, sorted; a transaction reads the events of its first 50 notes (one query).
+  *Catch-up mode* — past the window's bound, during and after a back-off, after a crash and
+  at start-up: the notes are ignored and ``_next_pdus`` replays our events after
+  ``pdu_position`` from the store, in stream order, ≤ 50 per transaction, keeping those of
+  rooms where the destination had a joined member at the event (``room_memberships``
+  history: one query per page) or whose member event targets one of its users (a kick, a
+  ban, a rescinded invite); per room only the newest ``catchup_max_per_room`` go (the peer
+  fetches the gap with ``/get_missing_events`` or ``/backfill``).  The replay reads up to the
+  events stream's current position and ends when it reached it; notes at or below that
+  position are then duplicates and skipped.  PDUs go in wire form: the room version's PDU
+  fields, redacted if we redacted them, without our ``unsigned``.
 
 **One transaction at a time.**  A transaction is a :class:`Flight`, sent by a greenlet of the
 sender (so the mailbox keeps taking enqueues while the request is out) that stores the outcome
@@ -49,6 +61,10 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
+from protocol.events import pdu_for_wire
+from protocol.redaction import redact
+from protocol.room_versions import KNOWN_ROOM_VERSIONS
+from store.federation_queue import PduRow
 from supervision import SupervisedActor, SupervisionError, message
 
 if TYPE_CHECKING:
@@ -58,6 +74,13 @@ log = logging.getLogger(__name__)
 
 MAX_PDUS = 50
 MAX_EDUS = 100
+#: catch-up pages (of MAX_PDUS events) read in one actor turn at most; past that the replay
+#: goes on in the next turn (so a destination owed nothing in a busy stream never holds the
+#: actor for long)
+MAX_PAGES_PER_TURN = 10
+#: kick, ban, leave (a rescinded invite) and knock events reach the target user's server even
+#: when none of its users is joined
+TARGET_MEMBERSHIPS = frozenset({"leave", "ban", "knock"})
 
 
 # -- messages --------------------------------------------------------------------------------
@@ -83,7 +106,7 @@ class Ephemeral:
 
 @message
 class PdusAvailable:
-    """Events of ``room_id`` up to ``stream_ordering`` are for this destination (Fed II)."""
+    """The event of ours at ``stream_ordering`` in ``room_id`` is for this destination."""
 
     room_id: str
     stream_ordering: int
@@ -132,6 +155,29 @@ class Flight:
     result: Outcome | None = None
     attempts: int = 0
     started: float = 0.0
+    #: the live-window notes it carries (removed from the window once acknowledged)
+    window_taken: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class _Episode:
+    """One catch-up pass over (start, head] of the events stream."""
+
+    start: int
+    head: int
+    rooms: list[str]
+    cutoffs: dict[str, int]   # room -> oldest stream ordering still replayed there
+
+
+def wire_pdu(row: PduRow) -> dict[str, Any] | None:
+    """``row``'s event as a PDU on the wire (None for a room version we do not know)."""
+    rv = KNOWN_ROOM_VERSIONS.get(row.room_version)
+    if rv is None:
+        return None
+    ev = redact(row.event, rv) if row.redacted else row.event
+    pdu = pdu_for_wire(ev, rv)
+    pdu.pop("unsigned", None)  # ours (replaces_state, transaction ids): not for other servers
+    return pdu
 
 
 # -- the actor -------------------------------------------------------------------------------
@@ -153,8 +199,15 @@ class RemoteServerActor(SupervisedActor):
         self.window: deque[tuple[int, str]] = deque()
         self.catching_up = False
         self.pdu_position: int | None = None
-        #: stream_ordering of the last PDU the latest ``_next_pdus`` returned (Fed II sets it)
+        #: the stream position the latest ``_next_pdus`` covered (what an ack moves
+        #: ``pdu_position`` to), None if it covered nothing new
         self.pdu_batch_position: int | None = None
+        #: notes at or below this were covered by the last replay (duplicates)
+        self.live_floor = -1
+        #: the last ``_next_pdus`` stopped at its page bound with more to read
+        self.replay_more = False
+        self._episode: _Episode | None = None
+        self._taken: tuple[int, ...] = ()
         self.failure_count = 0
         self.failure_ts: int | None = None
         self.retry_interval = 0
@@ -180,7 +233,13 @@ class RemoteServerActor(SupervisedActor):
         self.retry_interval = row.retry_interval
         self.retry_at = row.retry_at
         self.pdu_position = row.pdu_position
-        self.catching_up = row.pdu_position is not None
+        # a clean stop (live mode, nothing unacknowledged) resumes live: the note that woke
+        # this incarnation is in its mailbox; anything else replays from the position
+        clean = self.s._clean_stops.pop(self.destination, None)
+        self.catching_up = row.pdu_position is not None and clean != row.pdu_position
+        if row.pdu_position is not None and self.destination in self.s._pdu_overflow:
+            self.s._pdu_overflow.discard(self.destination)
+            self.catching_up = True
         self.s._note_catching_up(self.destination, self.catching_up)
         self.s._note_backoff(self.destination, self.retry_at)
         flight = self.s._flights.get(self.destination)
@@ -192,6 +251,9 @@ class RemoteServerActor(SupervisedActor):
     def on_stop(self) -> None:
         self._cancel_timer()
         self.s._ephemeral_depth.pop(self.destination, None)
+        if not self.catching_up and not self.window and self.flight is None \
+                and self.held is None and self.pdu_position is not None:
+            self.s._note_clean_stop(self.destination, self.pdu_position)
 
     def on_failure(self, *_exc: Any) -> None:
         self._cancel_timer()
@@ -245,8 +307,10 @@ class RemoteServerActor(SupervisedActor):
     def _build(self) -> Flight | None:
         now = self.s.clock()
         self._expire_ephemeral(now)
+        self.pdu_batch_position, self.replay_more, self._taken = None, False, ()
         pdus = self._next_pdus(MAX_PDUS)
-        if self.catching_up and len(pdus) < MAX_PDUS:
+        upto = self.pdu_batch_position
+        if self.catching_up and len(pdus) < MAX_PDUS and not self.replay_more:
             self.catching_up = False  # the replay has caught up with the stream
             self.s._note_catching_up(self.destination, False)
         eph_room = min(len(self.ephemeral), MAX_EDUS // 2)
@@ -261,20 +325,134 @@ class RemoteServerActor(SupervisedActor):
             oldest = at if oldest is None else min(oldest, at)
         self.s._ephemeral_depth[self.destination] = len(self.ephemeral)
         if not pdus and not edus:
+            if upto is not None and (self.pdu_position is None or upto > self.pdu_position):
+                # the replay passed events that are not for this destination: remember so
+                self.pdu_position = upto
+                self.s.store.set_pdu_position(self.destination, upto)
+            if self.replay_more:
+                self._wake_self()  # the next pages in the next turn
             return None
         body = {"origin": self.s.server_name, "origin_server_ts": int(now * 1000),
                 "pdus": pdus, "edus": edus}
         return Flight(self.destination, self.s.new_txn_id(), self.trace_id or "", body,
-                      [r.stream_id for r in rows], self.pdu_batch_position if pdus else None,
-                      oldest)
+                      [r.stream_id for r in rows], upto, oldest, window_taken=self._taken)
 
     def _next_pdus(self, limit: int) -> list[dict[str, Any]]:
-        """The next PDUs to send (at most ``limit``), oldest first.  Federation II fills it:
-        in live mode the events noted in ``self.window``; in catch-up mode the newest events
-        of each room after ``self.pdu_position`` (``catchup_max_per_room``), read from the
-        events stream.  It sets ``self.pdu_batch_position`` to the stream_ordering of the last
-        PDU it returns.  No PDUs flow yet: always ``[]``."""
+        """The next PDUs to send (at most ``limit``), oldest first; sets
+        ``pdu_batch_position`` to the stream position they cover (see the module
+        docstring for the two modes)."""
+        if self.catching_up:
+            return self._replay(limit)
+        return self._live(limit)
+
+    def _live(self, limit: int) -> list[dict[str, Any]]:
+        window = self.window
+        while window:
+            while window and window[0][0] <= self.live_floor:
+                window.popleft()
+            taken = tuple(so for so, _ in list(window)[:limit])
+            if not taken:
+                return []
+            rows = self.s.pdu_reads.at(taken)
+            pdus = [p for p in map(wire_pdu, rows) if p is not None]
+            if pdus:
+                self.pdu_batch_position = taken[-1]
+                self._taken = taken
+                return pdus
+            for _ in taken:  # none of them is an event of ours any more: forget them
+                window.popleft()
         return []
+
+    def _head(self) -> int:
+        position = self.s.events_position
+        return int(position()) if position is not None else self.s.pdu_reads.head()
+
+    def _new_episode(self, start: int, head: int) -> _Episode:
+        reads = self.s.pdu_reads
+        rooms = reads.rooms_of(self.destination)
+        cutoffs = reads.cutoffs(self.destination, rooms, start, head,
+                                int(self.s.fc.catchup_max_per_room)) if rooms else {}
+        return _Episode(start, head, rooms, cutoffs)
+
+    def _replay(self, limit: int) -> list[dict[str, Any]]:
+        """Catch-up: our events after ``pdu_position`` that this destination must get."""
+        pos = self.pdu_position
+        if pos is None:  # nothing was ever noted for it: nothing is owed
+            self._end_replay(-1)
+            return []
+        ep = self._episode
+        if ep is not None and not ep.start <= pos <= ep.head:
+            ep = None
+        out: list[dict[str, Any]] = []
+        cursor, pages = pos, 0
+        while len(out) < limit:
+            if ep is None or cursor >= ep.head:
+                head = self._head()
+                if head <= cursor:
+                    self._end_replay(cursor)
+                    break
+                if pages >= MAX_PAGES_PER_TURN:
+                    self.replay_more = True
+                    break
+                ep = self._episode = self._new_episode(cursor, head)
+                pages += 1
+                continue
+            if pages >= MAX_PAGES_PER_TURN:
+                self.replay_more = True
+                break
+            rows = self.s.pdu_reads.page(self.destination, ep.rooms, cursor, ep.head, limit)
+            pages += 1
+            wanted = self._for_destination(rows, ep)
+            full = False
+            for row, keep in zip(rows, wanted):
+                if keep:
+                    if len(out) >= limit:
+                        full = True
+                        break
+                    pdu = wire_pdu(row)
+                    if pdu is not None:
+                        out.append(pdu)
+                cursor = row.stream_ordering
+            if not full and len(rows) < limit:
+                cursor = ep.head  # the page read the rest of (cursor, head]
+        self.pdu_batch_position = cursor if cursor > pos else None
+        return out
+
+    def _end_replay(self, upto: int) -> None:
+        self.catching_up = False
+        self.s._note_catching_up(self.destination, False)
+        self.live_floor = max(self.live_floor, upto)
+        self._episode = None
+
+    def _for_destination(self, rows: list[PduRow], ep: _Episode) -> list[bool]:
+        """Which of ``rows`` (stream order) go to this destination: a user of it was joined
+        in the room at the event (their latest membership row at or before it is a join),
+        or the event is a kick / ban / leave / knock of one of its users; and the event is
+        among its room's newest ``catchup_max_per_room``."""
+        if not rows:
+            return []
+        dest = self.destination
+        rooms = sorted({r.room_id for r in rows})
+        members = self.s.pdu_reads.memberships(dest, rooms, rows[-1].stream_ordering)
+        latest: dict[str, dict[str, str]] = {}
+        joined: dict[str, int] = {}
+        i, out = 0, []
+        for row in rows:
+            while i < len(members) and members[i][3] <= row.stream_ordering:
+                room, user, membership, _ = members[i]
+                i += 1
+                was = latest.setdefault(room, {}).get(user)
+                latest[room][user] = membership
+                joined[room] = joined.get(room, 0) + (membership == "join") - (was == "join")
+            cutoff = ep.cutoffs.get(row.room_id)
+            if cutoff is not None and row.stream_ordering < cutoff:
+                out.append(False)
+                continue
+            target = row.membership_target
+            out.append(joined.get(row.room_id, 0) > 0 or (
+                target is not None and target[0] in TARGET_MEMBERSHIPS
+                and target[1].partition(":")[2] == dest))
+        return out
 
     # -- outcomes ------------------------------------------------------------------------
 
@@ -291,19 +469,23 @@ class RemoteServerActor(SupervisedActor):
             self.held = flight
             return
         was_failing = self.failure_count > 0 or self.retry_at is not None
+        upto = flight.pdu_upto  # never moves the stored position back (a late, lower note)
+        if upto is not None and self.pdu_position is not None:
+            upto = max(upto, self.pdu_position)
         if outcome.kind == REFUSED:
             log.warning("TX [%s] %s refused for good, %d EDUs dropped: %s", self.destination,
                         flight.txn_id, len(flight.body["edus"]), outcome.reason)
             self.s.store.acknowledge(self.destination, flight.outbox_ids, now_ms,
-                                     pdu_position=flight.pdu_upto, refused=outcome.reason)
+                                     pdu_position=upto, refused=outcome.reason)
         else:
             self.s.store.acknowledge(self.destination, flight.outbox_ids, now_ms,
-                                     pdu_position=flight.pdu_upto,
+                                     pdu_position=upto,
                                      touch=was_failing or self.s._touch_due(self.destination))
         if flight.pdu_upto is not None:
-            self.pdu_position = flight.pdu_upto
-            while self.window and self.window[0][0] <= flight.pdu_upto:
-                self.window.popleft()
+            self.pdu_position = max(flight.pdu_upto, self.pdu_position or flight.pdu_upto)
+        if flight.window_taken:
+            taken = set(flight.window_taken)
+            self.window = deque(e for e in self.window if e[0] not in taken)
         self.failure_count, self.failure_ts, self.retry_interval = 0, None, 0
         self.retry_at = None
         self.s._note_backoff(self.destination, None)
@@ -325,9 +507,7 @@ class RemoteServerActor(SupervisedActor):
                                     self.failure_ts, interval, outcome.reason)
         self.s._note_backoff(self.destination, self.retry_at)
         self._drop_ephemeral()
-        self.window.clear()
-        self.catching_up = True
-        self.s._note_catching_up(self.destination, True)
+        self._start_replay()
         self._arm_timer(self.retry_at)
         self.s._arm_sweep(self.retry_at)
 
@@ -374,13 +554,41 @@ class RemoteServerActor(SupervisedActor):
         self.s._ephemeral_depth.pop(self.destination, None)
 
     def _note_pdus(self, msg: PdusAvailable) -> None:
-        if self.catching_up:
+        so = msg.stream_ordering
+        if self.pdu_position is None:
+            # the first event ever for this destination: a replay starts just before it
+            self.pdu_position = so - 1
+            self.s.store.set_pdu_position(self.destination, so - 1, only_if_unset=True)
+        if self.destination in self.s._pdu_overflow:
+            self.s._pdu_overflow.discard(self.destination)
+            self._start_replay()  # a note was lost on the way (mailbox full, parked)
+        if self.catching_up or so <= self.live_floor:
             return  # the replay reads the stream from pdu_position
-        self.window.append((msg.stream_ordering, msg.room_id))
-        if len(self.window) > self.queue_size:
-            self.window.clear()
+        window = self.window
+        if not window or so > window[-1][0]:
+            window.append((so, msg.room_id))
+        else:  # committed out of order (another room's writer was faster): keep it sorted
+            i = len(window)
+            while i > 0 and window[i - 1][0] > so:
+                i -= 1
+            if i > 0 and window[i - 1][0] == so:
+                return
+            window.insert(i, (so, msg.room_id))
+        if len(window) > self.queue_size:
+            self._start_replay()
+
+    def _start_replay(self) -> None:
+        self.window.clear()
+        if not self.catching_up:
             self.catching_up = True
             self.s._note_catching_up(self.destination, True)
+
+    def _wake_self(self) -> None:
+        try:
+            assert self.supervisor is not None
+            self.supervisor.tell(self.key, Wake(), sender=self.name)
+        except SupervisionError:
+            pass  # parked or stopping: the sender's sweep picks it up later
 
     # -- the retry timer -----------------------------------------------------------------
 

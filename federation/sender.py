@@ -10,9 +10,13 @@ destination's actor), the greenlets that carry each transaction, and a small in-
 of which destinations are backing off (so ``wake`` and ``backing_off`` cost a dict lookup).
 
 Durable EDUs go through the store (``enqueue_durable``, inside the caller's transaction);
-ephemeral EDUs and PDU notes are told to the actor.  After a start, and whenever a back-off or
-a park ends, one *sweep* (a single timer for all destinations) wakes the destinations that have
-undelivered rows: a dead destination costs its rows and one dict entry, not an actor.
+ephemeral EDUs and PDU notes are told to the actor (``send_pdus``, called by
+:mod:`federation.pdu_out` after each commit; a note that cannot be told — the destination is
+backing off, its mailbox is full, it is parked — leaves it to catch up from its stored
+``pdu_position``).  After a start, and whenever a back-off or a park ends, one *sweep* (a
+single timer for all destinations) wakes the destinations that have undelivered rows or
+whose ``pdu_position`` is behind the events stream with events of ours pending in a room of
+theirs: a dead destination costs its rows and one dict entry, not an actor.
 
 Layering: imports store/ and supervision/ only; the HTTP client is handed in
 (``federation.client.FederationClient`` contract in docs/federation.md).
@@ -34,7 +38,7 @@ from federation.remote_server import (
     RemoteServerActor, TxnResult, Wake,
 )
 from store.database import Database, Txn
-from store.federation_queue import DestinationRow, FederationQueueStore
+from store.federation_queue import DestinationRow, FederationQueueStore, PduReads
 from supervision import (
     ActorParked, MailboxFull, SupervisionError, Supervisor, Tracer, new_trace_id,
 )
@@ -46,6 +50,7 @@ log = logging.getLogger(__name__)
 TRANSIENT_STATUSES = frozenset({401, 404, 408, 429})
 SWEEP_SLACK_MS = 1000        # a sweep also wakes destinations due within this
 TOUCH_INTERVAL_MS = 60_000   # last_success_ts of a healthy destination moves at most this often
+MAX_REMEMBERED = 100_000     # bound of the per-destination memos below (cleared when reached)
 
 
 class FederationSender:
@@ -65,7 +70,17 @@ class FederationSender:
         self.clock = clock
         self.jitter = jitter or (lambda: random.uniform(0.85, 1.15))
         self.store = FederationQueueStore(db)
+        self.pdu_reads = PduReads(db, self.server_name)
+        #: the events stream's current position (every event at or below it committed); set
+        #: by federation.pdu_out.install, else the replay reads MAX(stream_ordering)
+        self.events_position: Callable[[], int] | None = None
         self.stopped = False
+        #: destination -> pdu_position of an actor that stopped with nothing unacknowledged
+        self._clean_stops: dict[str, int] = {}
+        #: destinations that missed a PDU note (mailbox full, parked): their next actor replays
+        self._pdu_overflow: set[str] = set()
+        #: destinations whose stored pdu_position is known to be set
+        self._positioned: set[str] = set()
         self._slots = BoundedSemaphore(max(1, int(self.fc.max_concurrent_transactions)))
         self._flights: dict[str, Flight] = {}
         self._backoff: dict[str, int] = self.store.backing_off()
@@ -109,16 +124,23 @@ class FederationSender:
         self._tell(destination, Ephemeral(edu_type, content, key, self.clock()))
 
     def send_pdus(self, destinations: Iterable[str], room_id: str, stream_ordering: int) -> None:
-        """Events of ``room_id`` up to ``stream_ordering`` are for ``destinations``
-        (Federation II).  A destination that is backing off is left to catch up from its
-        stored position when it recovers."""
+        """The event of ours at ``stream_ordering`` in ``room_id`` is for ``destinations``
+        (called by federation.pdu_out after each commit; cheap: one tell each).  A
+        destination that is backing off, or whose actor cannot take the note (mailbox full,
+        parked), catches up from its stored position instead; the first note ever for a
+        destination stores that position (in a greenlet, once)."""
         for d in destinations:
             if not self._may_send(d):
                 continue
             if self.backing_off(d) is not None:
                 self._catching_up.add(d)
+                self._first_position(d, stream_ordering)
                 continue
-            self._tell(d, PdusAvailable(room_id, stream_ordering))
+            if self._tell(d, PdusAvailable(room_id, stream_ordering)):
+                self._positioned.add(d)  # the actor sets it if it was unset
+            else:
+                self._pdu_overflow.add(d)
+                self._first_position(d, stream_ordering)
 
     def wake(self, destination: str) -> None:
         """An inbound request came from ``destination``: if it was backing off, forget the
@@ -224,7 +246,12 @@ class FederationSender:
         try:
             due_by = self.now_ms() + SWEEP_SLACK_MS
             later: int | None = None
-            for dest, retry_at in self.store.destinations_with_outbox():
+            pending = dict(self.store.destinations_with_outbox())
+            if self.events_position is not None:
+                for dest, retry_at in self.pdu_reads.destinations_behind(
+                        int(self.events_position())):
+                    pending.setdefault(dest, retry_at)
+            for dest, retry_at in pending.items():
                 if retry_at is not None and retry_at > due_by:
                     later = retry_at if later is None else min(later, retry_at)
                     continue
@@ -338,6 +365,33 @@ class FederationSender:
         except SupervisionError:
             pass  # shutting down
         return False
+
+    def _first_position(self, destination: str, stream_ordering: int) -> None:
+        """A destination's first PDU may never reach its actor: store the position a
+        replay starts from (once; in a greenlet of its own, the caller is a room's hook)."""
+        if destination in self._positioned:
+            return
+        if len(self._positioned) >= MAX_REMEMBERED:
+            self._positioned.clear()
+        self._positioned.add(destination)
+
+        def _set() -> None:
+            try:
+                self.store.set_pdu_position(destination, stream_ordering - 1,
+                                            only_if_unset=True)
+            except Exception:  # noqa: BLE001 - the store is away (shutdown)
+                log.exception("remote/%s: first PDU position not stored", destination)
+                self._positioned.discard(destination)
+        gevent.spawn(_set)
+
+    def _note_clean_stop(self, destination: str, position: int) -> None:
+        self._remember(self._clean_stops, destination, position)
+
+    @staticmethod
+    def _remember(memo: dict[str, Any], key: str, value: Any) -> None:
+        if key not in memo and len(memo) >= MAX_REMEMBERED:
+            memo.clear()
+        memo[key] = value
 
     def _note_backoff(self, destination: str, retry_at: int | None) -> None:
         if retry_at is None:

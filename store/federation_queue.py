@@ -7,6 +7,13 @@ The outbox IS the queue for durable EDUs (server-server-api "Send-to-device mess
 destination's RemoteServerActor in stream order, a page at a time, and deleted only once the
 destination acknowledged the transaction that carried them.
 
+PDUs have no queue of their own (docs/federation.md "Outbound: the RemoteServerActor and
+catch-up"): a destination's ``pdu_position`` is the events stream ordering it acknowledged, and
+the reads at the end of this module replay OUR events after it from ``events`` (the rooms the
+destination's users were ever members of, who was joined when, the newest
+``catchup_max_per_room`` per room).  Our events are told apart by the sender's server name
+(the suffix after the user id's first ``:``), compared with ``substr`` on both engines.
+
 Stream ids are allocated by this process (a counter started from ``MAX(stream_id)``), so an
 insert never takes a lock beyond its own row; on PostgreSQL two writers may commit their rows
 out of id order, which only means the later-committed, lower id is sent in the next
@@ -22,6 +29,10 @@ from typing import Any, Sequence
 
 from store.database import Database, Txn
 
+#: a catch-up episode names its rooms in an ``IN (...)`` list up to this many, else it asks
+#: ``room_memberships`` again in a sub-query (SQLite's bound on host parameters is 32,766)
+MAX_ROOMS_INLINE = 2000
+
 ORDER_COLUMNS = ("destination", "retry_last_ts", "retry_interval", "failure_ts",
                  "last_successful_stream_ordering")
 _ORDER_SQL = {"last_successful_stream_ordering": "pdu_position"}
@@ -32,6 +43,27 @@ class OutboxRow:
     stream_id: int
     edu_type: str
     content: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PduRow:
+    """One of our events, as the outbound queue reads it."""
+
+    stream_ordering: int
+    room_id: str
+    event: dict[str, Any]            # as stored (event_id and our unsigned included)
+    room_version: str
+    redacted: bool
+
+    @property
+    def membership_target(self) -> tuple[str, str] | None:
+        """(membership, user id) of an ``m.room.member`` event, else None."""
+        ev = self.event
+        if ev.get("type") != "m.room.member" or not isinstance(ev.get("state_key"), str):
+            return None
+        content = ev.get("content")
+        m = content.get("membership") if isinstance(content, dict) else None
+        return (m if isinstance(m, str) else "", ev["state_key"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +204,24 @@ class FederationQueueStore:
             return r
         return _dest(self.db.run("federation_destination_ensure", _t, write=True))
 
+    def set_pdu_position(self, destination: str, position: int, *,
+                         only_if_unset: bool = False) -> None:
+        """Move ``pdu_position`` forward to ``position`` (never back); ``only_if_unset``: set
+        it only if the destination has none yet (the first PDU ever noted for it).  Creates
+        the row if needed."""
+        def _t(txn: Txn) -> None:
+            txn.execute("INSERT INTO federation_destinations (destination) VALUES (?)"
+                        " ON CONFLICT (destination) DO NOTHING", (destination,))
+            if only_if_unset:
+                txn.execute("UPDATE federation_destinations SET pdu_position = ?"
+                            " WHERE destination = ? AND pdu_position IS NULL",
+                            (position, destination))
+            else:
+                txn.execute("UPDATE federation_destinations SET pdu_position = ?"
+                            " WHERE destination = ? AND (pdu_position IS NULL"
+                            " OR pdu_position < ?)", (position, destination, position))
+        self.db.run("federation_pdu_position", _t, write=True)
+
     def record_failure(self, destination: str, now_ms: int, failure_count: int,
                        failure_ts: int, retry_interval_ms: int, reason: str) -> None:
         def _t(txn: Txn) -> None:
@@ -218,3 +268,129 @@ class FederationQueueStore:
                              (*args, limit, start))
             return [_dest(r) for r in rows], total
         return self.db.run("federation_destinations_page", _t)
+
+
+# -- PDU catch-up reads ------------------------------------------------------------------------
+
+#: our timeline events: accepted, in the room's DAG, sent by a user of ``server_name``
+_OURS = ("e.outlier = 0 AND e.rejection IS NULL AND e.soft_failed = 0"
+         " AND substr(e.sender, length(e.sender) - CAST(? AS INTEGER)) = ?")
+_PDU_COLS = "e.stream_ordering, e.room_id, e.json, r.room_version, e.redacted_by"
+
+
+def _suffix(server_name: str) -> tuple[int, str]:
+    """Parameters of a ``substr(x, length(x) - n) = ?`` test for ``x`` ending ``:server``."""
+    return len(server_name), ":" + server_name
+
+
+def _pdu(r: Sequence[Any]) -> PduRow:
+    return PduRow(int(r[0]), r[1], json.loads(r[2]), r[3], r[4] is not None)
+
+
+class PduReads:
+    """The events-stream reads of the outbound PDU queue (all read-only)."""
+
+    def __init__(self, db: Database, server_name: str) -> None:
+        self.db = db
+        self.server_name = server_name
+        self._ours = _suffix(server_name)
+        self.reads = 0  # queries run (tests: what a page costs)
+
+    def _run(self, name: str, fn: Any) -> Any:
+        self.reads += 1
+        return self.db.run(name, fn)
+
+    def head(self) -> int:
+        """The newest stream ordering (used when no live stream position is wired)."""
+        return int(self._run("federation_events_head", lambda t: t.query_value(
+            "SELECT MAX(stream_ordering) FROM events", default=0)))
+
+    def at(self, orderings: Sequence[int]) -> list[PduRow]:
+        """Our events at ``orderings`` (the live window), in stream order."""
+        if not orderings:
+            return []
+        marks = ", ".join("?" for _ in orderings)
+        rows = self._run("federation_pdus_at", lambda t: t.query(
+            f"SELECT {_PDU_COLS} FROM events e JOIN rooms r ON r.room_id = e.room_id"
+            f" WHERE e.stream_ordering IN ({marks}) AND {_OURS} ORDER BY e.stream_ordering",
+            (*orderings, *self._ours)))
+        return [_pdu(r) for r in rows]
+
+    def rooms_of(self, destination: str) -> list[str]:
+        """Every room a user of ``destination`` was ever a member of (invited, joined, left,
+        banned, knocked): the only rooms where it may be owed anything."""
+        rows = self._run("federation_rooms_of", lambda t: t.query(
+            "SELECT DISTINCT room_id FROM room_memberships"
+            " WHERE substr(user_id, length(user_id) - CAST(? AS INTEGER)) = ?",
+            _suffix(destination)))
+        return sorted(r[0] for r in rows)
+
+    def _rooms_sql(self, destination: str, rooms: Sequence[str]
+                   ) -> tuple[str, tuple[Any, ...]]:
+        if len(rooms) <= MAX_ROOMS_INLINE:
+            return (f"e.room_id IN ({', '.join('?' for _ in rooms)})", tuple(rooms))
+        return ("e.room_id IN (SELECT room_id FROM room_memberships"
+                " WHERE substr(user_id, length(user_id) - CAST(? AS INTEGER)) = ?)",
+                _suffix(destination))
+
+    def cutoffs(self, destination: str, rooms: Sequence[str], after: int, upto: int,
+                per_room: int) -> dict[str, int]:
+        """room → the stream ordering of its ``per_room``-th newest event of ours in
+        (after, upto], for the rooms that have more than that: older ones are not replayed."""
+        if not rooms:
+            return {}
+        where, args = self._rooms_sql(destination, rooms)
+        rows = self._run("federation_catchup_cutoffs", lambda t: t.query(
+            "SELECT room_id, stream_ordering FROM (SELECT e.room_id, e.stream_ordering,"
+            " ROW_NUMBER() OVER (PARTITION BY e.room_id ORDER BY e.stream_ordering DESC) AS n"
+            f" FROM events e WHERE {where} AND e.stream_ordering > ?"
+            f" AND e.stream_ordering <= ? AND {_OURS}) ranked WHERE n = ?",
+            (*args, after, upto, *self._ours, per_room)))
+        return {r[0]: int(r[1]) for r in rows}
+
+    def page(self, destination: str, rooms: Sequence[str], after: int, upto: int,
+             limit: int) -> list[PduRow]:
+        """Up to ``limit`` of our events in ``rooms`` after ``after`` up to ``upto``, in
+        stream order (who may see them is decided by the caller)."""
+        if not rooms:
+            return []
+        where, args = self._rooms_sql(destination, rooms)
+        rows = self._run("federation_catchup_page", lambda t: t.query(
+            f"SELECT {_PDU_COLS} FROM events e JOIN rooms r ON r.room_id = e.room_id"
+            f" WHERE {where} AND e.stream_ordering > ? AND e.stream_ordering <= ?"
+            f" AND {_OURS} ORDER BY e.stream_ordering LIMIT ?",
+            (*args, after, upto, *self._ours, limit)))
+        return [_pdu(r) for r in rows]
+
+    def memberships(self, destination: str, rooms: Sequence[str], upto: int
+                    ) -> list[tuple[str, str, str, int]]:
+        """(room, user, membership, stream ordering) of every membership event of a user of
+        ``destination`` in ``rooms`` up to ``upto``, oldest first (soft-failed ones never
+        changed the room's state; rejected ones have no row)."""
+        if not rooms:
+            return []
+        marks = ", ".join("?" for _ in rooms)
+        rows = self._run("federation_catchup_members", lambda t: t.query(
+            "SELECT m.room_id, m.user_id, m.membership, m.stream_ordering"
+            " FROM room_memberships m JOIN events e ON e.event_id = m.event_id"
+            f" WHERE m.room_id IN ({marks}) AND m.stream_ordering <= ?"
+            " AND substr(m.user_id, length(m.user_id) - CAST(? AS INTEGER)) = ?"
+            " AND e.soft_failed = 0"
+            " ORDER BY m.stream_ordering",
+            (*rooms, upto, *_suffix(destination))))
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
+
+    def destinations_behind(self, head: int) -> list[tuple[str, int | None]]:
+        """(destination, retry_at or None) of every destination whose ``pdu_position`` is
+        behind ``head`` with at least one event of ours after it in a room one of its users
+        was a member of (the sweep wakes those; the actor decides what exactly goes)."""
+        rows = self._run("federation_pdus_pending", lambda t: t.query(
+            "SELECT d.destination, d.retry_last_ts, d.retry_interval"
+            " FROM federation_destinations d WHERE d.pdu_position IS NOT NULL"
+            " AND d.pdu_position < ? AND EXISTS (SELECT 1 FROM events e"
+            " WHERE e.stream_ordering > d.pdu_position AND e.stream_ordering <= ?"
+            f" AND {_OURS} AND e.room_id IN (SELECT m.room_id FROM room_memberships m"
+            " WHERE substr(m.user_id, length(m.user_id) - length(d.destination))"
+            " = ':' || d.destination))",
+            (head, head, *self._ours)))
+        return [(r[0], int(r[1]) + int(r[2]) if r[2] else None) for r in rows]
