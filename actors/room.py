@@ -10,9 +10,18 @@ in the mailbox are committed in one transaction (group commit) and each gets its
 Memory is only updated after COMMIT, so a failed write leaves the actor consistent; an
 unexpected error crashes the actor and its supervisor restarts it from the store.
 
-After commit, ``on_persisted`` hooks run (wake /sync waiters, hand events to federation).
-The DAG may fork once other servers write to it: current state is then the resolution over
-the forward extremities — federation's PDU path (a later issue) will call into this actor.
+After commit, ``on_persisted`` hooks run (wake /sync waiters, hand events to federation)
+for the events that reach clients' timelines (never outliers, rejected, soft-failed or
+backfilled ones).
+
+Rooms across servers (docs/federation.md "Rooms across servers — the contracts"): remote
+PDUs arrive as ``ReceivePdus`` (checks and persist plan in ``actors/room_pdus.py``), so the
+DAG may fork: the actor then keeps several forward extremities, current state is the state
+resolution over their states, and its own next event names up to ten of them (the newest
+by depth) as prev_events.  ``BuildEvent`` / ``PersistBuilt`` split a send around a remote
+countersignature (invites), ``MakeMembership`` answers make_join / make_leave / make_knock,
+and ``JoinFromRemote`` creates the room here from a send_join answer
+(``actors/room_join.py``).
 """
 from __future__ import annotations
 
@@ -31,7 +40,19 @@ from store.events import EventStore, PersistItem, RoomDelta
 from store.state import StateGroupStore, StateKey
 from supervision import SupervisedActor
 
-from actors.room_messages import EventSpec, GetRoomSnapshot, InitRoom, Send, Sent
+from actors.room_messages import (
+    BuildEvent,
+    EventSpec,
+    GetRoomSnapshot,
+    InitRoom,
+    JoinFromRemote,
+    MakeMembership,
+    PduResult,
+    PersistBuilt,
+    ReceivePdus,
+    Send,
+    Sent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +173,21 @@ class RoomActor(SupervisedActor):
             return result
         if isinstance(message, InitRoom):
             return self._init_room(message)
+        if isinstance(message, ReceivePdus):
+            return self._receive_pdus(message)
+        if isinstance(message, BuildEvent):
+            room = self._require_room()
+            return self._build(room.copy(), message.spec, message.redacts)
+        if isinstance(message, PersistBuilt):
+            return self._persist_built(message)
+        if isinstance(message, MakeMembership):
+            from actors.room_join import make_membership
+
+            return make_membership(self, message)
+        if isinstance(message, JoinFromRemote):
+            from actors.room_join import join_from_remote
+
+            return join_from_remote(self, message)
         if isinstance(message, GetRoomSnapshot):
             r = self._require_room()
             return {"room_version": r.rv.identifier, "extremities": list(r.extremities),
@@ -161,6 +197,56 @@ class RoomActor(SupervisedActor):
     def handle_batch(self, messages: Sequence[Send]) -> list[Any]:
         """Group commit: several Sends in one transaction; one result (or error) each."""
         return self._write(list(messages))
+
+    # ------------------------------------------------------------------ federation
+    def _receive_pdus(self, msg: ReceivePdus) -> tuple[PduResult, ...]:
+        """Remote PDUs of this room (see actors/room_pdus.py); one result per event."""
+        from actors.room_pdus import PduBatch
+
+        events = tuple(msg.events)
+        if self.room is None:
+            return tuple(PduResult(ev.get("event_id", "") if isinstance(ev, Mapping) else "",
+                                   "error", "room not known here") for ev in events)
+        batch = PduBatch(self, self.room.copy(), backfilled=msg.backfilled)
+        batch.prefetch(events + tuple(msg.outliers))
+        batch.stage_outliers(msg.outliers)
+        given = msg.state_before if isinstance(msg.state_before, Mapping) else {}
+        results = []
+        for ev in events:
+            eid = ev.get("event_id") if isinstance(ev, Mapping) else None
+            results.append(batch.process(ev, given.get(eid) if isinstance(eid, str) else None))
+        self._commit_batch(batch)
+        return tuple(results)
+
+    def _persist_built(self, msg: PersistBuilt) -> Sent:
+        """Persist an event of ours built earlier (BuildEvent), re-checked now."""
+        from actors.room_pdus import PduBatch, Refused, refusal_error
+
+        room = self._require_room()
+        ev = msg.event
+        if not isinstance(ev, Mapping) or not isinstance(ev.get("event_id"), str):
+            raise MatrixError(400, "M_BAD_JSON", "not an event")
+        sender = ev.get("sender")
+        if not isinstance(sender, str) or not sender.endswith(":" + self.deps.server_name):
+            raise MatrixError(400, "M_INVALID_PARAM", "not an event of this server")
+        batch = PduBatch(self, room.copy(), strict=True)
+        batch.prefetch([ev])
+        try:
+            result = batch.process(ev)
+        except Refused as r:
+            raise refusal_error(r.result) from None
+        if result.outcome == "duplicate":
+            stored = self.deps.events.get_event(ev["event_id"])
+            return Sent(ev["event_id"], stored.stream_ordering if stored else 0, True)
+        self._commit_batch(batch)
+        return Sent(ev["event_id"], batch.pendings[-1].item.stream_ordering)
+
+    def _commit_batch(self, batch: Any, *, new_room: tuple[str, str | None] | None = None
+                      ) -> list[int]:
+        if not batch.pendings:
+            return []
+        return self._commit(batch.room, batch.pendings, new_room=new_room,
+                            groups=batch.group_writes, hooked=batch.hooked, resolved=True)
 
     def _require_room(self) -> _Room:
         if self.room is None:
@@ -371,16 +457,26 @@ class RoomActor(SupervisedActor):
             room.state_events[eid] = ev
             sg_write = (new_group, room.group, {key: eid}, dict(room.state))
             room.group = new_group
-        room.extremities = [eid]
+        # the prev_events _build named (the newest ten) are no extremities any more
+        room.extremities = room.extremities[:-MAX_PREV_EVENTS] + [eid]
         room.depth = max(room.depth, int(ev["depth"]))
         item = PersistItem(event=ev, stream_ordering=0, state_group=room.group, txn_key=txn_key)
         return _Pending(item, sg_write)
 
     def _commit(self, tentative: _Room, pendings: list[_Pending], *,
                 new_room: tuple[str, str | None] | None = None,
-                is_public: bool = False, check_txns: bool = False) -> list[int]:
-        before = self.room.state if self.room is not None else {}
-        state_delta = {k: v for k, v in tentative.state.items() if before.get(k) != v}
+                is_public: bool = False, check_txns: bool = False,
+                groups: Sequence[tuple[int, int | None, dict, dict]] = (),
+                hooked: Sequence[_Pending] | None = None, resolved: bool = False) -> list[int]:
+        """One transaction for ``pendings`` (and the state groups in ``groups``, written
+        first, in order); memory replaced after COMMIT; then the ``on_persisted`` hooks for
+        ``hooked`` (default: every pending).  ``resolved``: current state may also have lost
+        keys (state resolution), so removals are looked for too."""
+        before: Mapping[StateKey, str] = self.room.state if self.room is not None else {}
+        state_delta: dict[StateKey, str | None] = {
+            k: v for k, v in tentative.state.items() if before.get(k) != v}
+        if resolved:
+            state_delta.update({k: None for k in before if k not in tentative.state})
         old_group = self.room.group if self.room is not None else None
         delta = RoomDelta(room_id=self.room_id, forward_extremities=list(tentative.extremities),
                           state_delta=state_delta,
@@ -399,6 +495,8 @@ class RoomActor(SupervisedActor):
                     raise _KnownTxns(found)  # rolls back; the batch is rebuilt without them
             for p, so in zip(pendings, orderings):
                 p.item.stream_ordering = so
+            for gid, prev, d, full in groups:
+                sg.write_group(txn, gid, self.room_id, prev, d, full)
             for p in pendings:
                 if p.state_group_write is not None:
                     gid, prev, d, full = p.state_group_write
@@ -411,7 +509,10 @@ class RoomActor(SupervisedActor):
             self.deps.db.run("persist_events", _persist, orderings, write=True)
         self.room = tentative
         self._remember_txns(pendings)
-        persisted = [(p.item.event, p.item.stream_ordering) for p in pendings]
+        persisted = [(p.item.event, p.item.stream_ordering)
+                     for p in (pendings if hooked is None else hooked)]
+        if not persisted:
+            return orderings
         for hook in self.deps.on_persisted:
             try:
                 hook(self.room_id, persisted)

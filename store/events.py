@@ -56,6 +56,18 @@ class PersistItem:
     soft_failed: bool = False
     outlier: bool = False
     txn_key: tuple[str, str, str] | None = None      # (user_id, device_id, txn_id)
+    #: older history fetched over federation: kept out of /sync's memory of new events
+    #: and of room_memberships (a user's membership history by position)
+    backfilled: bool = False
+    #: the event is stored as an outlier and now joins the timeline: that row goes first
+    replaces_outlier: bool = False
+    #: a redaction that may not be applied (a remote one without the power to redact)
+    apply_redaction: bool = True
+
+    @property
+    def in_timeline(self) -> bool:
+        """Served to clients: not an outlier, not rejected, not soft-failed."""
+        return not (self.outlier or self.soft_failed or self.rejection is not None)
 
 
 @dataclass
@@ -100,19 +112,24 @@ class EventStore:
             txn.execute("INSERT INTO rooms (room_id, room_version, creator, created_ts)"
                         " VALUES (?, ?, ?, ?)", (room_id, version, creator, now))
         ev_rows, edges, auths, members, relations, redactions, txns = [], [], [], [], [], [], []
+        replaced = []
         for it in items:
             ev = it.event
             eid = ev["event_id"]
+            if it.replaces_outlier:
+                replaced.append((eid,))
             ev_rows.append((
                 it.stream_ordering, eid, room_id, ev["type"], ev.get("state_key"),
                 ev["sender"], int(ev.get("depth", 0)), int(ev.get("origin_server_ts", 0)), now,
                 dumps(ev), int(it.outlier), it.rejection, int(it.soft_failed), it.state_group,
-                it.txn_key[1] if it.txn_key else None, it.txn_key[2] if it.txn_key else None))
+                it.txn_key[1] if it.txn_key else None, it.txn_key[2] if it.txn_key else None,
+                int(it.backfilled)))
             edges.extend((eid, p, room_id) for p in prev_event_ids(ev))
             auths.extend((eid, a) for a in auth_event_ids(ev))
-            if it.rejection is not None:
-                continue
-            if ev["type"] == "m.room.member" and isinstance(ev.get("state_key"), str):
+            if not it.in_timeline:
+                continue   # outliers, rejected and soft-failed events feed no index
+            if ev["type"] == "m.room.member" and isinstance(ev.get("state_key"), str) \
+                    and not it.backfilled:
                 members.append((eid, room_id, ev["state_key"], ev["sender"],
                                 str(ev.get("content", {}).get("membership", "")),
                                 it.stream_ordering))
@@ -125,16 +142,19 @@ class EventStore:
                 key = rel.get("key") if isinstance(rel.get("key"), str) else None
                 relations.append((eid, rel["event_id"], rel["rel_type"], key, room_id,
                                   ev["sender"], ev["type"], it.stream_ordering))
-            if ev["type"] == "m.room.redaction":
+            if ev["type"] == "m.room.redaction" and it.apply_redaction:
                 target = ev.get("redacts") or ev.get("content", {}).get("redacts")
                 if isinstance(target, str):
                     redactions.append((eid, target, room_id))
             if it.txn_key is not None:
                 txns.append((*it.txn_key, room_id, eid, now))
+        if replaced:
+            txn.executemany("DELETE FROM events WHERE event_id = ? AND outlier = 1", replaced)
         txn.executemany(
             "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender,"
             " depth, origin_server_ts, received_ts, json, outlier, rejection, soft_failed,"
-            " state_group, txn_device, txn_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", ev_rows)
+            " state_group, txn_device, txn_id, backfilled)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", ev_rows)
         # before the redactions' cache pops below: a target redacted in this very batch
         # must not stay cached unredacted
         stored_json = [row[9] for row in ev_rows]
@@ -175,12 +195,15 @@ class EventStore:
         :attr:`recent`.  The /syncs woken next then read neither from the store."""
         keep = self.cache_new is None or self.cache_new(room_id)
         for it, js in zip(items, stored_json):
-            if not (it.outlier or it.soft_failed or it.rejection is not None):  # timeline
+            # backfilled history is old news: never part of the tail /sync serves as new
+            if it.in_timeline and not it.backfilled:
                 if keep:
                     self.recent.add(room_id, it.event["event_id"], it.stream_ordering)
                 else:
                     self.recent.skip(room_id, it.stream_ordering)
-            if keep:
+            if not keep:
+                self._cache.pop(it.event["event_id"], None)   # e.g. a former outlier
+            else:
                 txn_key = it.txn_key or (None, None, None)
                 self._remember(StoredEvent(
                     event=json.loads(js), room_id=room_id, stream_ordering=it.stream_ordering,
@@ -257,6 +280,8 @@ class EventStore:
                        key: str) -> bool:
         """Whether ``sender`` already has a live (not redacted, not rejected) ``m.annotation``
         of ``event_type`` with ``key`` on ``target``."""
+        if any("\x00" in v for v in (target, key, sender, event_type)):
+            return False  # no stored row holds a NUL (PostgreSQL text cannot)
         return bool(self.db.run("has_annotation", lambda t: t.query_value(
             "SELECT 1 FROM event_relations r JOIN events e ON e.event_id = r.event_id"
             " WHERE r.relates_to_id = ? AND r.rel_type = 'm.annotation'"
@@ -295,14 +320,17 @@ class EventStore:
                               " FROM rooms WHERE room_id = ?", (room_id,))
             if r is None:
                 return None
-            extremities = [e for (e,) in txn.query(
-                "SELECT event_id FROM room_forward_extremities WHERE room_id = ?", (room_id,))]
+            # oldest first, so the newest ten are the last ten (a new event's prev_events)
+            ext = txn.query(
+                "SELECT f.event_id, e.depth FROM room_forward_extremities f"
+                " LEFT JOIN events e ON e.event_id = f.event_id WHERE f.room_id = ?"
+                " ORDER BY e.depth, e.stream_ordering", (room_id,))
+            extremities = [e for e, _ in ext]
             state = {(t, k): e for t, k, e in txn.query(
                 "SELECT type, state_key, event_id FROM current_state WHERE room_id = ?",
                 (room_id,))}
-            max_depth = txn.query_value(
-                "SELECT MAX(depth) FROM events WHERE room_id = ? AND outlier = 0", (room_id,),
-                default=0)
+            # a new event's depth is one more than its deepest prev event
+            max_depth = max((int(d or 0) for _, d in ext), default=0)
             return {"room_version": r[0], "creator": r[1], "current_state_group": r[2],
                     "is_public": bool(r[3]), "extremities": extremities, "state": state,
                     "max_depth": int(max_depth)}
@@ -340,3 +368,73 @@ class EventStore:
         return self.db.run("get_txn", lambda t: t.query_value(
             "SELECT event_id FROM event_txns WHERE user_id = ? AND device_id = ?"
             " AND room_id = ? AND txn_id = ?", (user_id, device_id, room_id, txn_id)))
+
+    # ------------------------------------------------------------------ DAG reads
+    # (Federation II: the state at events and auth chains, for the RoomActor's PDU checks
+    # and the federation endpoints that serve them.)
+    def state_ids_after(self, event_id: str) -> dict[StateKey, str] | None:
+        """The room state after ``event_id`` (its state group), or ``None`` when the event
+        is unknown or has no state here (an outlier)."""
+        se = self.get_event(event_id)
+        if se is None or se.outlier or se.state_group is None:
+            return None
+        return self.state_groups.get_state(se.state_group)
+
+    def state_ids_before(self, event_id: str) -> dict[StateKey, str] | None:
+        """The room state before ``event_id``: its state after, with its own key put back
+        to what it replaced (``unsigned.replaces_state``, set when it was persisted); a
+        rejected event changed nothing.  ``None`` when unknown or an outlier."""
+        se = self.get_event(event_id)
+        if se is None or se.outlier or se.state_group is None:
+            return None
+        state = self.state_groups.get_state(se.state_group)
+        ev = se.event
+        if se.rejection is None and isinstance(ev.get("state_key"), str):
+            key = (ev["type"], ev["state_key"])
+            if state.get(key) == event_id:
+                replaced = (ev.get("unsigned") or {}).get("replaces_state")
+                if isinstance(replaced, str):
+                    state[key] = replaced
+                else:
+                    del state[key]
+        return state
+
+    def auth_chain_ids(self, event_ids: Iterable[str]) -> set[str]:
+        """Every event reachable from ``event_ids`` through auth_events (not the events
+        themselves unless one is in another's chain); one recursive query."""
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return set()
+
+        def _q(txn: Txn) -> set[str]:
+            out: set[str] = set()
+            for i in range(0, len(ids), 200):
+                chunk = ids[i:i + 200]
+                out.update(r[0] for r in txn.query(
+                    "WITH RECURSIVE chain(id) AS ("
+                    f" SELECT auth_id FROM event_auth WHERE event_id IN ({','.join('?' * len(chunk))})"
+                    " UNION SELECT a.auth_id FROM event_auth a JOIN chain c ON a.event_id = c.id)"
+                    " SELECT id FROM chain", chunk))
+            return out
+
+        return self.db.run("auth_chain_ids", _q)
+
+    def with_children(self, event_ids: Iterable[str]) -> set[str]:
+        """Those of ``event_ids`` that an accepted timeline event names as a prev_event
+        (such an event is no forward extremity)."""
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return set()
+
+        def _q(txn: Txn) -> set[str]:
+            out: set[str] = set()
+            for i in range(0, len(ids), 200):
+                chunk = ids[i:i + 200]
+                out.update(r[0] for r in txn.query(
+                    "SELECT DISTINCT g.prev_event_id FROM event_edges g"
+                    " JOIN events e ON e.event_id = g.event_id"
+                    f" WHERE g.prev_event_id IN ({','.join('?' * len(chunk))})"
+                    " AND e.outlier = 0 AND e.rejection IS NULL AND e.soft_failed = 0", chunk))
+            return out
+
+        return self.db.run("event_children", _q)
