@@ -13,7 +13,9 @@ from typing import Iterable
 from store.database import Database, Txn
 from store.state import StateGroupStore, StateKey
 
-_TIMELINE = "outlier = 0 AND rejection IS NULL AND soft_failed = 0"
+#: what /sync streams: timeline events, not backfilled history (backfilled events get new
+#: stream positions but are old; /messages places them by depth, /sync never shows them as new)
+_TIMELINE = "outlier = 0 AND rejection IS NULL AND soft_failed = 0 AND backfilled = 0"
 
 
 @dataclass(frozen=True)
@@ -52,14 +54,14 @@ class SyncStore:
             return []
         return self.db.run("rooms_latest", lambda t: [(r[0], int(r[1])) for r in t.query(
             "SELECT room_id, MAX(stream_ordering) FROM events WHERE stream_ordering > ?"
-            " AND stream_ordering <= ? GROUP BY room_id", (since, upto))])
+            " AND stream_ordering <= ? AND backfilled = 0 GROUP BY room_id", (since, upto))])
 
     def rooms_with_events(self, since: int, upto: int) -> set[str]:
         if upto <= since:
             return set()
         return set(self.db.run("rooms_moved", lambda t: [r[0] for r in t.query(
             "SELECT DISTINCT room_id FROM events WHERE stream_ordering > ?"
-            " AND stream_ordering <= ?", (since, upto))]))
+            " AND stream_ordering <= ? AND backfilled = 0", (since, upto))]))
 
     # -- timeline -------------------------------------------------------------------------
     def timeline_ids(self, room_id: str, lo: int, hi: int, limit: int) -> list[tuple[str, int]]:

@@ -167,6 +167,11 @@ def _state_at_start(ctx: SyncContext, room_id: str, tl: Timeline, hi: int
         first = tl.events[0]
         if "state_key" not in first.event and first.state_group is not None:
             return ctx.svc.state_groups.get_state(first.state_group)
+        # a state event: the state after its prev events (after a remote join the state
+        # before the join is outliers, with no earlier timeline event to read it from)
+        before = ctx.svc.events.state_ids_before(first.event_id)
+        if before is not None:
+            return before
         return ctx.svc.store.state_at(room_id, first.stream_ordering - 1)
     return ctx.svc.store.state_at(room_id, hi)
 

@@ -137,10 +137,6 @@ def test_join_from_remote_creates_a_working_room(app, version):
     assert snapshot(app, rr.room_id)["extremities"] == [reply]
 
 
-@pytest.mark.xfail(reason="web/sync_timeline.py _state_at_start takes the state before a state"
-                   " event from the previous timeline event; after a remote join there is"
-                   " none (the state events are outliers): it should use"
-                   " EventStore.state_ids_before(first.event_id)", strict=False)
 def test_first_sync_after_a_remote_join_carries_the_state(app):
     alice = user(app, "alice")
     rr = RemoteRoom("10")

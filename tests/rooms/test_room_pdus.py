@@ -275,9 +275,6 @@ def test_backfilled_events_are_not_new_to_sync(app, room):
     assert old["event_id"] not in ids
 
 
-@pytest.mark.xfail(reason="store/sync.py SyncStore.timeline_ids (and latest_positions /"
-                   " rooms_with_events) must skip events.backfilled = 1 (migration 065)",
-                   strict=False)
 def test_backfilled_events_stay_out_of_a_later_incremental_sync(app, room):
     alice, room_id = room
     join = REMOTE.join(app, room_id, "bob")
