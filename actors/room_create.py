@@ -32,6 +32,9 @@ class RoomPlan:
     initial: tuple[EventSpec, ...]
     is_public: bool
     alias: str | None
+    #: invitees of other servers: invited after the room exists, through the invite path
+    #: that has their server countersign (server-server-api "Inviting to a room")
+    remote_invites: tuple[str, ...] = ()
 
 
 def _bad(msg: str, code: str = "M_BAD_JSON") -> MatrixError:
@@ -73,9 +76,7 @@ def plan_room(rv: RoomVersion, creator: str, server_name: str, body: Mapping[str
     for u in invites:
         if not is_valid_user_id(u):
             raise _bad(f"Invalid user id in invite: {u!r}", "M_INVALID_PARAM")
-        if server_of(u) != server_name:
-            raise _bad(f"Cannot invite {u}: federation is not available on this server yet",
-                       "M_INVALID_PARAM")
+    remote_invites = tuple(dict.fromkeys(u for u in invites if server_of(u) != server_name))
     if rv.privileged_creators and preset["invitees_are_admins"] and invites:
         # v12 (client-server-api createRoom, trusted_private_chat): the invitees get the
         # creator's power by being creators too
@@ -183,6 +184,8 @@ def plan_room(rv: RoomVersion, creator: str, server_name: str, body: Mapping[str
                                "m.topic": [{"mimetype": "text/plain", "body": body["topic"]}]})
 
     for u in invites:
+        if u in remote_invites:
+            continue
         content: dict[str, Any] = {"membership": "invite"}
         if is_direct:
             content["is_direct"] = True
@@ -190,4 +193,5 @@ def plan_room(rv: RoomVersion, creator: str, server_name: str, body: Mapping[str
                                state_key=u))
 
     return RoomPlan(create_content=create_content, initial=tuple(specs),
-                    is_public=visibility == "public", alias=alias)
+                    is_public=visibility == "public", alias=alias,
+                    remote_invites=remote_invites)

@@ -64,7 +64,8 @@ def register(app: Flask, runtime: Any) -> None:
             fed.verifier.on_origin_seen = fed.sender.wake
     for name in ("federation.key_server", "federation.inbound", "federation.queries",
                  "federation.edus_out", "federation.media", "federation.hierarchy",
-                 "federation.room_queries", "federation.pdus", "federation.pdu_out"):
+                 "federation.room_queries", "federation.membership", "federation.pdus",
+                 "federation.pdu_out"):
         mod = _optional(name)
         if mod is not None:
             mod.install(app, fed, parts)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from protocol.ids import is_valid_server_name
 from flask import Blueprint, Flask, Response, g, jsonify, request
 
 from actors.media import (MEDIA_KEY, CommitUpload, CreateMedia, DeleteMedia, MediaLimits,
@@ -120,6 +121,8 @@ def register(app: Flask, runtime: Any) -> None:
 
     def remote(s: str, media_id: str, *, legacy: bool, allow_remote: bool,
                timeout_ms: int) -> RemoteMedia:
+        if not is_valid_server_name(s):
+            raise not_found("Media not found")  # no server could hold it
         row = store.get_remote_media(s, media_id)
         if row is None:
             fed = runtime.parts.get("federation")

@@ -17,6 +17,7 @@ from protocol.events import build_event
 from protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from store.database import Database
 from store.events import EventStore, StoredEvent
+from store.remote_invites import RemoteInviteStore
 from store.state import StateGroupStore
 from supervision import Supervisor, Tracer
 
@@ -32,6 +33,10 @@ class RoomService:
         self.db = db
         self.state_groups = StateGroupStore(db, cache_size=config.caches.state_groups)
         self.events = EventStore(db, self.state_groups, cache_size=config.caches.events)
+        # memberships of local users in rooms we do not hold (remote invites, knocks and
+        # their rejections): federation/membership.py and federation/join.py write them,
+        # web/sync_rooms.py shows them
+        self.remote_invites = RemoteInviteStore(db, self.events.stream)
         self._last_create_ts = 0
         self.on_persisted: list[Callable[[str, Sequence[tuple[dict[str, Any], int]]], None]] = []
         self.deps = RoomDeps(db=db, events=self.events, state_groups=self.state_groups,

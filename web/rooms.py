@@ -1,5 +1,15 @@
 """Room creation and membership: ``/createRoom``, join (by id or alias), leave, invite, kick,
-ban, unban, forget, knock (client-server-api "Room membership")."""
+ban, unban, forget, knock (client-server-api "Room membership").
+
+Rooms held elsewhere (server-server-api "Joining Rooms", "Knocking upon a room", "Inviting
+to a room", "Leaving Rooms"): when no user of ours is joined to the room, a join or knock
+goes through a resident server (``federation/join.py``: candidates from ``via`` /
+``server_name``, the directory answer for a remote alias, the server that invited the user,
+the room id's server), and leaving a room we only hold an invite or knock of rejects it
+through the inviting server.  Invites to users of other servers are built by the room
+(``BuildEvent``), countersigned by the invitee's server (``/invite`` v2) and then persisted
+(``PersistBuilt``).  Kicks, bans and leaves of rooms we are in are local sends whoever the
+target is."""
 from __future__ import annotations
 
 import logging
@@ -16,7 +26,7 @@ from web.http import check_type, json_body, require
 from web.room_service import RoomService
 
 from actors.room_create import plan_room
-from actors.room_messages import EventSpec, InitRoom, Send
+from actors.room_messages import BuildEvent, EventSpec, InitRoom, PersistBuilt, Send
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,18 @@ def resolve_alias(svc: RoomService, alias: str) -> str:
 
 def _reason(body: dict[str, Any]) -> str | None:
     return check_type(body, "reason", str)
+
+
+def _domain(room_id: str) -> str | None:
+    """The server part of a room id (rooms v12 have none)."""
+    return room_id.split(":", 1)[1] if ":" in room_id else None
+
+
+def _via() -> list[str]:
+    from flask import request
+
+    return [s for s in request.args.getlist("via") + request.args.getlist("server_name")
+            if s]
 
 
 def register(app: Flask, runtime: Any) -> None:
@@ -82,16 +104,72 @@ def register(app: Flask, runtime: Any) -> None:
                                   is_public=is_public))
         if plan.alias is not None:
             _add_alias(svc, plan.alias, room_id, req.user_id)
+        for invitee in plan.remote_invites:
+            content: dict[str, Any] = {"membership": "invite"}
+            if body.get("is_direct") is True:
+                content["is_direct"] = True
+            try:
+                invite_remote(req, room_id, invitee, content)
+            except MatrixError as e:  # the room exists: a failed remote invite is logged
+                log.info("createRoom %s: invite of %s failed: %s", room_id, invitee, e.error)
         return jsonify({"room_id": room_id})
+
+    # ------------------------------------------------------------------ other servers
+    def joins() -> Any:
+        """The joining side (federation/join.py), or None when federation is off."""
+        fed = runtime.parts.get("federation")
+        if fed is None or fed.client is None:
+            return None
+        from federation.join import remote_membership
+
+        return remote_membership(fed, svc)
+
+    def resident(room_id: str) -> bool:
+        """Whether one of our users is joined to the room (we take part in it)."""
+        suffix = ":" + config.server_name
+        rows = svc.db.run("local_joined", lambda t: t.query(
+            "SELECT state_key FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
+            " AND membership = 'join' AND state_key LIKE ?", (room_id, "%" + suffix)))
+        return any(r[0].endswith(suffix) and server_of(r[0]) == config.server_name
+                   for r in rows)
+
+    def candidates(room_id: str, user_id: str, extra: list[str]) -> list[str]:
+        """Servers to ask about a room we do not take part in, best first."""
+        out: list[str] = []
+        record = svc.remote_invites.latest_in(user_id, room_id)
+        if record is not None and record.membership in ("invite", "knock"):
+            out += [record.origin, server_of(record.sender)]
+        out += _via() + extra
+        domain = _domain(room_id)
+        if domain:
+            out.append(domain)
+        return [s for s in dict.fromkeys(out) if s != config.server_name]
+
+    def invite_remote(req: Requester, room_id: str, target: str,
+                      content: dict[str, Any]) -> Any:
+        """Invite a user of another server: build, countersign, persist."""
+        rv = svc.require_room(room_id)
+        j = joins()
+        if j is None:
+            raise MatrixError(403, "M_FORBIDDEN", "Federation is switched off on this server")
+        spec = EventSpec(type="m.room.member", sender=req.user_id, content=content,
+                         state_key=target)
+        built = svc.ask(room_id, BuildEvent(spec=spec))
+        signed = j.invite(room_id, rv, built)
+        return svc.ask(room_id, PersistBuilt(event=signed))
+
+    def wake_invitee(user_id: str, pos: int) -> None:
+        sync = runtime.parts.get("sync")
+        if sync is not None:
+            sync.notifier.wake_users({user_id}, svc.events.stream, pos)
+
+    svc.remote_invites.on_recorded.append(wake_invitee)
 
     def membership(req: Requester, room_id: str, target: str, membership: str,
                    body: dict[str, Any], extra: dict[str, Any] | None = None) -> Any:
         check_room_id(room_id)
         if not is_valid_user_id(target):
             raise MatrixError(400, "M_INVALID_PARAM", f"Invalid user id {target!r}")
-        if membership == "invite" and server_of(target) != config.server_name:
-            raise MatrixError(400, "M_INVALID_PARAM",
-                              "Cannot invite remote users: federation is not available yet")
         svc.require_room(room_id)
         content: dict[str, Any] = {"membership": membership}
         reason = _reason(body)
@@ -101,22 +179,53 @@ def register(app: Flask, runtime: Any) -> None:
             content.update(get_profile(svc, target))
         if extra:
             content.update(extra)
+        if membership == "invite" and server_of(target) != config.server_name:
+            return invite_remote(req, room_id, target, content)
         sent = svc.send(room_id, EventSpec(type="m.room.member", sender=req.user_id,
                                            content=content, state_key=target))
         return sent
 
+    def resolve_target(target: str) -> tuple[str, list[str]]:
+        """Room id (and servers to ask) of a room id or alias; remote aliases are asked
+        of their server (``GET /query/directory``)."""
+        if not target.startswith("#"):
+            check_room_id(target)
+            return target, []
+        if not is_valid_room_alias(target):
+            raise MatrixError(400, "M_INVALID_PARAM", "Invalid room alias")
+        if server_of(target) == config.server_name:
+            return resolve_alias(svc, target), []
+        queries = getattr(runtime.parts.get("federation"), "queries", None)
+        if queries is None:
+            raise MatrixError(404, "M_NOT_FOUND", f"Room alias {target} not found")
+        found = queries.directory(target)
+        return found["room_id"], list(found.get("servers") or [])
+
+    def membership_content(req: Requester, body: dict[str, Any], membership: str
+                           ) -> dict[str, Any]:
+        content: dict[str, Any] = {}
+        reason = _reason(body)
+        if reason is not None:
+            content["reason"] = reason
+        if membership != "leave":
+            content.update(get_profile(svc, req.user_id))
+        return content
+
     def do_join(req: Requester, room_id_or_alias: str) -> Any:
         body = json_body(optional=True)
-        ratelimiter.check("join", req.user_id, config.rc_joins_local)
-        target = unquote(room_id_or_alias)
-        if target.startswith("#"):
-            if not is_valid_room_alias(target):
-                raise MatrixError(400, "M_INVALID_PARAM", "Invalid room alias")
-            room_id = resolve_alias(svc, target)
-        else:
-            room_id = target
-        check_room_id(room_id)
+        room_id, servers = resolve_target(unquote(room_id_or_alias))
         rv = svc.room_version(room_id)
+        j = joins()
+        remote = candidates(room_id, req.user_id, servers) \
+            if j is not None and not resident(room_id) else []
+        if remote:
+            ratelimiter.check("join_remote", req.user_id, config.rc_joins_remote)
+            current = svc.membership(room_id, req.user_id)[0] if rv is not None else None
+            if current == "join":
+                return jsonify({"room_id": room_id})
+            j.join(room_id, req.user_id, remote, membership_content(req, body, "join"))
+            return jsonify({"room_id": room_id})
+        ratelimiter.check("join", req.user_id, config.rc_joins_local)
         if rv is None:
             raise MatrixError(404, "M_NOT_FOUND", "No known servers to join this room through")
         current, _ = svc.membership(room_id, req.user_id)
@@ -141,8 +250,13 @@ def register(app: Flask, runtime: Any) -> None:
         """POST /_matrix/client/v3/knock/{roomIdOrAlias}"""
         req = require_auth()
         body = json_body(optional=True)
-        target = unquote(room_id_or_alias)
-        room_id = resolve_alias(svc, target) if target.startswith("#") else target
+        room_id, servers = resolve_target(unquote(room_id_or_alias))
+        j = joins()
+        remote = candidates(room_id, req.user_id, servers) \
+            if j is not None and not resident(room_id) else []
+        if remote:
+            j.knock(room_id, req.user_id, remote, membership_content(req, body, "knock"))
+            return jsonify({"room_id": room_id})
         membership(req, room_id, req.user_id, "knock", body)
         return jsonify({"room_id": room_id})
 
@@ -153,6 +267,17 @@ def register(app: Flask, runtime: Any) -> None:
         body = json_body(optional=True)
         check_room_id(room_id)
         current, _ = svc.membership(room_id, req.user_id)
+        record = svc.remote_invites.latest_in(req.user_id, room_id)
+        j = joins()
+        if record is not None and record.membership in ("invite", "knock") \
+                and current != "join" and j is not None and not resident(room_id):
+            # an invite / knock of a room we do not take part in: rejected through the
+            # server it came from (server-server-api "Leaving Rooms (Rejecting Invites)")
+            j.leave(room_id, req.user_id, candidates(room_id, req.user_id, []),
+                    membership_content(req, body, "leave"))
+            return jsonify({})
+        if current is None and record is not None and record.membership == "leave":
+            return jsonify({})  # a remote invite already rejected: idempotent
         if current in (None, "leave", "ban"):
             if current is None and svc.room_version(room_id) is None:
                 raise MatrixError(404, "M_NOT_FOUND", "Unknown room")

@@ -9,6 +9,12 @@ typing, receipts, room account data).  Rooms left since ``since`` get their time
 the leave event (with full state when they were joined only within the batch); left rooms
 appear on an initial sync only with ``include_leave``.  Invites and knocks carry stripped state (client-server-api "Stripped
 state"); invites from ignored users are dropped (modules/ignore_users.md).
+
+Rooms we do not take part in (an invite received over federation, a knock made through
+another server, and their rejection: ``store/remote_invites.py``) have no room history
+here; their latest row is shown in ``invite`` / ``knock`` / ``leave`` with the stripped
+state that came with it, unless the room's own history for the user is newer (e.g. the
+join that accepted the invite).
 """
 from __future__ import annotations
 
@@ -18,7 +24,9 @@ from typing import Any, Callable
 
 import gevent.pool
 
+from store.events import StoredEvent
 from store.receipts import Receipt
+from store.remote_invites import RemoteMembership
 from store.sync import Membership
 from web.sync_timeline import (MEMBER, SyncContext, format_state, remember_members,
                                state_section, timeline)
@@ -50,9 +58,12 @@ def rooms_section(ctx: SyncContext) -> dict[str, dict[str, Any]]:
     room_ad = _room_account_data(ctx)
     forgotten: set[str] | None = None
     jobs: list[tuple[str, str, Callable[[], dict[str, Any] | None]]] = []
+    remote = _remote_rows(ctx, history)
     for room_id, ms in history.items():
         if not f.matches_room(room_id):
             continue
+        if remote and room_id in remote:
+            continue   # a newer membership made through another server (below)
         last = ms[-1]
         changed = since_ev is None or last.stream_ordering > since_ev
         at_since = _membership_at(ms, since_ev)
@@ -85,10 +96,74 @@ def rooms_section(ctx: SyncContext) -> dict[str, dict[str, Any]]:
                 continue
             jobs.append(("leave", room_id,
                          partial(_left_room, ctx, room_id, ms, room_ad.get(room_id, []))))
+    if remote:
+        _remote_jobs(ctx, remote, jobs)
     for (section, room_id, _), room in zip(jobs, _run_jobs([job for _, _, job in jobs])):
         if room is not None:
             out[section][room_id] = room
     return out
+
+
+def _remote_rows(ctx: SyncContext, history: dict[str, list[Membership]]
+                 ) -> dict[str, RemoteMembership]:
+    """room → the user's newest membership made through another server, where the room's
+    own history for the user is not newer (nothing read for users without such rows)."""
+    store = getattr(ctx.svc.rooms, "remote_invites", None)
+    if store is None:
+        return {}
+    out = {}
+    for room_id, row in store.latest(ctx.user_id, ctx.upto.events).items():
+        ms = history.get(room_id)
+        if ms and (ms[-1].stream_ordering > row.stream_ordering or ms[-1].membership == "join"):
+            continue
+        out[room_id] = row
+    return out
+
+
+def _remote_jobs(ctx: SyncContext, remote: dict[str, RemoteMembership],
+                 jobs: list[tuple[str, str, Callable[[], dict[str, Any] | None]]]) -> None:
+    f = ctx.filter
+    since_ev = ctx.since_ev
+    forgotten: set[str] | None = None
+    for room_id, row in remote.items():
+        if not f.matches_room(room_id):
+            continue
+        changed = since_ev is None or row.stream_ordering > since_ev
+        if row.membership in ("invite", "knock"):
+            if not changed or (row.membership == "invite" and row.sender in ctx.ignored):
+                continue
+            key = "invite_state" if row.membership == "invite" else "knock_state"
+            events = [_stripped(e) for e in row.stripped_state if isinstance(e, dict)
+                      and isinstance(e.get("type"), str)]
+            events.append(_stripped(row.event))
+            room = {key: {"events": events}}
+            jobs.append((row.membership, room_id, lambda room=room: room))
+        elif row.membership == "leave":
+            if not (changed and since_ev is not None) and not f.include_leave:
+                continue
+            if since_ev is not None and not changed and not ctx.full_state:
+                continue
+            if forgotten is None:
+                forgotten = ctx.svc.store.forgotten_rooms(ctx.user_id)
+            if room_id in forgotten:
+                continue
+            jobs.append(("leave", room_id, partial(_remote_left, ctx, row)))
+
+
+def _remote_left(ctx: SyncContext, row: RemoteMembership) -> dict[str, Any]:
+    """A rejected remote invite / rescinded knock: the leave event is the timeline."""
+    from protocol.room_versions import KNOWN_ROOM_VERSIONS
+
+    rv = KNOWN_ROOM_VERSIONS.get(row.room_version)
+    events = []
+    if rv is not None:
+        se = StoredEvent(event=row.event, room_id=row.room_id,
+                         stream_ordering=row.stream_ordering, state_group=None, outlier=True,
+                         rejection=None, soft_failed=False, redacted_by=None, txn_device=None,
+                         txn_id=None)
+        events.append(ctx.format(se, rv))
+    return {"timeline": {"events": events, "limited": False},
+            "state": {"events": []}, "account_data": {"events": []}}
 
 
 def _run_jobs(jobs: list[Callable[[], dict[str, Any] | None]]) -> list[dict[str, Any] | None]:

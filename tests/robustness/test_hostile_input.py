@@ -144,6 +144,7 @@ def good_param(name: str, endpoint: str, ctx: Actor, world: World) -> str:
         "name": "rooms", "key": ctx.room_id, "trace_id": "trace1", "filename": "x.css",
         "field": "displayname",
         "server_name": SERVER, "key_id": "ed25519:x", "destination": REMOTE.name,
+        "media_id": ctx.media_id,
     }
     return values[name]
 
@@ -473,8 +474,12 @@ class Sweep:
         status = r.status_code
         body = r.get_json(silent=True)
         problems = []
-        if status >= 500 and not (status == 504 and isinstance(body, dict)
-                                  and body.get("errcode") == "M_NOT_YET_UPLOADED"):
+        # 504 for media not yet uploaded; 502 when the server would have to ask another
+        # server it cannot reach (remote media of a well-formed server name): Synapse's answers
+        remote = "<serverName>" in self.rule and status == 502
+        if status >= 500 and not remote and not (
+                status == 504 and isinstance(body, dict)
+                and body.get("errcode") == "M_NOT_YET_UPLOADED"):
             problems.append(f"status {status}")
         if TRACEBACK.search(text[:20_000]):
             problems.append("traceback text in body")
