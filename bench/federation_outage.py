@@ -14,9 +14,18 @@ table, not memory").  Measured:
   traffic would), the catch-up time until B's user has every message exactly once and in
   the order sent (read from B's ``/sync``), and whether B sees the last device name.
 
+With ``--rooms`` the messages are room messages instead: a public room on A that bob (on B)
+joined; while B is frozen alice sends ``--messages`` ``m.room.message`` into it (A's RSS growth
+as above); after B resumes, the catch-up is timed twice: until bob's ``/sync`` holds the last
+message, and until bob's ``/messages`` (B backfilling from A where it must) holds every
+message exactly once and in order.  ``--mirror`` adds the mirrored scenario side by side with
+``--mirror-messages`` (default 500) each way: Atrium sending to a frozen Synapse, and Synapse
+sending to a frozen Atrium (Synapse's catch-up, the figure to beat).
+
 Bounded in time (``--deadline``); stops what it started, by PID.  Usage::
 
     .venv/bin/python bench/federation_outage.py [--peer atrium|synapse] [--messages 10000]
+    .venv/bin/python bench/federation_outage.py --rooms [--peer synapse] [--mirror]
 """
 from __future__ import annotations
 
@@ -310,6 +319,197 @@ def _report(result: dict[str, Any], args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
 
+# ----------------------------------------------------------------------------- --rooms
+
+ROOM_EVENT = "org.atrium.bench.outage.room"
+
+
+def _start(kind: str, directory: Path, ca: Any) -> Any:
+    if kind == "synapse":
+        from tests.interop.synapse_tls import start_synapse  # noqa: PLC0415
+
+        return start_synapse(directory, free_port(), ca, log_level="WARNING",
+                             extra={"federation": {"destination_min_retry_interval": "1s",
+                                                   "destination_max_retry_interval": "10s"}})
+    return start_server(directory, free_port(), ca, overrides={
+        **ATRIUM_OVERRIDES, "federation": {"min_retry_interval": "1s",
+                                           "max_retry_interval": "10s"}})
+
+
+def _room_pid(kind: str, server: Any) -> int:
+    """The process that holds the rooms: Atrium's gunicorn worker, Synapse's one process."""
+    return server.worker_pids()[0] if kind == "atrium" else server.pid
+
+
+def _seqs(events: list[dict[str, Any]], tag: str) -> list[int]:
+    return [e["content"]["seq"] for e in events
+            if e.get("type") == "m.room.message" and e.get("content", {}).get("tag") == tag]
+
+
+def _all_messages(client: Client, room: str, tag: str, n: int) -> list[int]:
+    """Every seq of ``tag`` in the room's /messages, oldest first (backwards from now, back to
+    seq 0 or the room's start)."""
+    out: list[int] = []
+    query = {"dir": "b", "limit": "1000"}
+    for _ in range(n // 100 + 50):
+        j = client.ok("GET", f"/_matrix/client/v3/rooms/{_q(room)}/messages", query=query,
+                      timeout=120)
+        chunk = j.get("chunk", [])
+        out += _seqs(chunk, tag)
+        if not chunk or not j.get("end") or 0 in out or any(
+                e.get("type") == "m.room.create" for e in chunk):
+            break
+        query["from"] = j["end"]
+    out.reverse()
+    return out
+
+
+def room_outage(sender_kind: str, peer_kind: str, n: int, work: Path, ca: Any,
+                deadline: float) -> dict[str, Any]:
+    """One run: A (``sender_kind``) sends ``n`` room messages while B (``peer_kind``) is
+    frozen; A's RSS growth and B's catch-up."""
+    result: dict[str, Any] = {"sender": sender_kind, "peer": peer_kind, "messages": n}
+    started: list[Any] = []
+    tag = uuid.uuid4().hex[:8]
+    try:
+        a = _start(sender_kind, work / f"{sender_kind}-a", ca)
+        started.append(a)
+        b = _start(peer_kind, work / f"{peer_kind}-b", ca)
+        started.append(b)
+        print(f"A = {sender_kind} {a.server_name}; B = {peer_kind} {b.server_name} "
+              f"(pids {b.pids()})", flush=True)
+        alice = Client(a.base_url, ca.cert_path, a.register("alice", "bench-pass-a"))
+        bob = Client(b.base_url, ca.cert_path, b.register("bob", "bench-pass-b"))
+        room = alice.ok("POST", "/_matrix/client/v3/createRoom",
+                        {"preset": "public_chat"})["room_id"]
+        bob.ok("POST", f"/_matrix/client/v3/join/{_q(room)}", {}, timeout=60,
+               query={"server_name": a.server_name, "via": a.server_name})
+        since = bob.ok("GET", "/_matrix/client/v3/sync", query={"timeout": "0"})["next_batch"]
+        alice.ok("PUT", f"/_matrix/client/v3/rooms/{_q(room)}/send/m.room.message/warm",
+                 {"msgtype": "m.text", "body": "warm-up", "tag": "warm", "seq": -1})
+        t0 = time.monotonic()
+        while True:
+            j = bob.ok("GET", "/_matrix/client/v3/sync", query={"since": since,
+                                                                "timeout": "2000"})
+            since = j["next_batch"]
+            tl = j.get("rooms", {}).get("join", {}).get(room, {}).get("timeline", {})
+            if _seqs(tl.get("events", []), "warm"):
+                break
+            if time.monotonic() - t0 > 60:
+                raise RuntimeError("the warm-up message did not reach B in 60 s")
+        pid = _room_pid(sender_kind, a)
+        time.sleep(2)
+        rss_before = rss_kb(pid)
+        peak = [rss_before]
+        sampling = threading.Event()
+
+        def sampler() -> None:
+            while not sampling.wait(0.1):
+                peak[0] = max(peak[0], rss_kb(pid))
+
+        threading.Thread(target=sampler, daemon=True).start()
+        b_pids = b.pids()
+        _signal_all(b_pids, signal.SIGSTOP)
+        try:
+            t_queue = time.monotonic()
+            for i in range(n):
+                alice.ok("PUT", f"/_matrix/client/v3/rooms/{_q(room)}/send/m.room.message/"
+                                f"{tag}-{i}",
+                         {"msgtype": "m.text", "body": f"outage {i}", "tag": tag, "seq": i})
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"deadline reached after sending {i + 1} messages")
+            queue_s = time.monotonic() - t_queue
+            time.sleep(2)
+        finally:
+            sampling.set()
+        peak[0] = max(peak[0], rss_kb(pid))
+        result.update(send_rate=round(n / queue_s, 1),
+                      rss_before_mb=round(rss_before / 1024, 1),
+                      rss_peak_mb=round(peak[0] / 1024, 1),
+                      rss_growth_mb=round((peak[0] - rss_before) / 1024, 1))
+        print(f"  sent {n} at {n / queue_s:.0f}/s while B was frozen; A RSS "
+              f"+{(peak[0] - rss_before) / 1024:.1f} MB", flush=True)
+
+        _signal_all(b_pids, signal.SIGCONT)
+        t_back = time.monotonic()
+        bob.call("GET", f"/_matrix/client/v3/profile/{_q(alice.user_id)}", timeout=30)
+        last_seen = None
+        while time.monotonic() < deadline and last_seen is None:
+            j = bob.ok("GET", "/_matrix/client/v3/sync", query={"since": since,
+                                                                "timeout": "5000"}, timeout=60)
+            since = j["next_batch"]
+            tl = j.get("rooms", {}).get("join", {}).get(room, {}).get("timeline", {})
+            if n - 1 in _seqs(tl.get("events", []), tag):
+                last_seen = time.monotonic() - t_back
+        result["catchup_last_in_sync_s"] = round(last_seen, 2) if last_seen else None
+        got: list[int] = []
+        while time.monotonic() < deadline:
+            got = _all_messages(bob, room, tag, n)
+            if len(got) >= n:
+                break
+            time.sleep(2)
+        result.update(catchup_all_in_messages_s=round(time.monotonic() - t_back, 2)
+                      if len(got) >= n else None,
+                      received=len(got), distinct=len(set(got)),
+                      in_order_exactly_once=got == list(range(n)))
+        print(f"  B resumed: last message in /sync after {result['catchup_last_in_sync_s']} s, "
+              f"{len(got)} in /messages after {result['catchup_all_in_messages_s']} s; "
+              f"exactly once in order: {result['in_order_exactly_once']}", flush=True)
+    except RuntimeError as e:
+        result["error"] = str(e)[:300]
+        print(f"  {sender_kind} -> {peer_kind}: {e}", flush=True)
+    finally:
+        for srv in reversed(started):
+            srv.stop()
+    return result
+
+
+def run_rooms(args: argparse.Namespace) -> int:
+    work = Path(args.dir or tempfile.mkdtemp(prefix="atrium-outage-rooms-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ca = make_ca(work, name="Atrium outage bench CA")
+    deadline = time.monotonic() + args.deadline
+    runs = [("atrium", args.peer, args.messages)]
+    if args.mirror:
+        runs += [("atrium", "synapse", args.mirror_messages),
+                 ("synapse", "atrium", args.mirror_messages)]
+    results = []
+    try:
+        for i, (sender, peer, n) in enumerate(runs):
+            results.append(room_outage(sender, peer, n, work / f"run{i}", ca, deadline))
+    finally:
+        if not args.keep and not args.dir:
+            shutil.rmtree(work, ignore_errors=True)
+        elif args.keep:
+            print(f"data kept in {work}")
+    print("\n| room messages, B frozen | " + " | ".join(
+        f"{r['sender']} -> {r['peer']}, {r['messages']}" for r in results) + " |")
+    print("|---|" + "---|" * len(results))
+    for name, k in (("send rate while B frozen (msg/s)", "send_rate"),
+                    ("A RSS before / peak (MB)", None),
+                    ("A RSS growth (MB)", "rss_growth_mb"),
+                    ("catch-up: last message in B's /sync (s)", "catchup_last_in_sync_s"),
+                    ("catch-up: all in B's /messages (s)", "catchup_all_in_messages_s"),
+                    ("received / distinct", None),
+                    ("exactly once, in order", "in_order_exactly_once"),
+                    ("error", "error")):
+        if k is None and name.startswith("A RSS"):
+            cells = [f"{r.get('rss_before_mb')} / {r.get('rss_peak_mb')}" for r in results]
+        elif k is None:
+            cells = [f"{r.get('received')} / {r.get('distinct')}" for r in results]
+        else:
+            cells = [str(r.get(k, "")) for r in results]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"(target: Atrium's RSS growth <= {args.rss_target_mb} MB for "
+          f"{args.messages} messages; its catch-up a fifth of Synapse's)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    first = results[0]
+    ok = first.get("in_order_exactly_once") and \
+        (first.get("rss_growth_mb") or 0) <= args.rss_target_mb
+    return 0 if ok else (2 if "error" in first else 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--peer", choices=["atrium", "synapse"], default="atrium")
@@ -321,7 +521,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", help="work folder (default: a temporary one, removed)")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
     p.add_argument("--json", help="write the results here")
-    return run(p.parse_args(argv))
+    p.add_argument("--rooms", action="store_true",
+                   help="room messages (a room shared with B) instead of to-device messages")
+    p.add_argument("--mirror", action="store_true",
+                   help="with --rooms: also Atrium -> frozen Synapse and Synapse -> frozen "
+                        "Atrium with --mirror-messages each")
+    p.add_argument("--mirror-messages", type=int, default=500)
+    args = p.parse_args(argv)
+    return run_rooms(args) if args.rooms else run(args)
 
 
 if __name__ == "__main__":

@@ -453,18 +453,30 @@ class RemoteMembership:
         candidates = [s for s in dict.fromkeys(servers) if s and s != self.server_name]
         if not candidates:
             raise MatrixError(404, "M_NOT_FOUND", "No known servers")
+        refusals: list[RemoteHTTPError] = []   # 4xx answers we moved on from
+        unreachable = False
         for server in candidates[:MAX_CANDIDATES]:
             try:
                 return attempt(server)
             except _Skip as e:
                 log.info("%s via %s: %s", what, server, e)
+                unreachable = True
             except RemoteHTTPError as e:
                 if e.status >= 500 or e.errcode in FAILOVER_CODES or e.status == 429:
                     log.info("%s via %s: %s", what, server, e)
+                    if 400 <= e.status < 500 and e.status != 429:
+                        refusals.append(e)
+                    else:
+                        unreachable = True
                     continue
                 raise remote_error(e) from None
             except FederationError as e:   # unreachable, backing off, not whitelisted
                 log.info("%s via %s: %s", what, server, e)
+                unreachable = True
+        if refusals and not unreachable:
+            # every server answered, and none knows the room (or may let us in): say so
+            # rather than blame the network
+            raise remote_error(refusals[-1])
         raise MatrixError(502, "M_UNKNOWN", f"Failed to {what} via any server")
 
 
