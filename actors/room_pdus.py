@@ -260,6 +260,16 @@ class PduBatch:
         if problem:
             return self._result(eid, "error", problem)
         if ev.get("type") == "m.room.create" and ev.get("state_key") == "":
+            create = self.room.create if self.room is not None else None
+            if self.backfilled and promote and create is not None \
+                    and create.get("event_id") == eid:
+                # the start of the room's history, held as an outlier since a remote join,
+                # now reached by backfill: it becomes a (backfilled) timeline event
+                gid = self.new_group({CREATE_KEY: eid}, None)
+                self._stage(PersistItem(event=_own_copy(known.event), stream_ordering=0,
+                                        state_group=gid, backfilled=True,
+                                        replaces_outlier=True))
+                return PduResult(eid, "accepted")
             return self._result(eid, "rejected", "the room already has its create event")
         prevs = prev_event_ids(ev)
         before = self._state_before(prevs, eid, given_before)

@@ -181,11 +181,33 @@ class RoomReads:
             out[g] = found
         return out
 
-    def join_positions(self, room_id: str, user_id: str) -> list[int]:
-        """Stream positions of the user's joins to the room, ascending."""
-        return self.db.run("join_positions", lambda t: [int(r[0]) for r in t.query(
-            "SELECT stream_ordering FROM room_memberships WHERE room_id = ? AND user_id = ?"
-            " AND membership = 'join' ORDER BY stream_ordering", (room_id, user_id))])
+    def join_positions(self, room_id: str, user_id: str) -> list[tuple[int, int]]:
+        """(stream position, DAG depth) of the user's joins to the room, by stream position."""
+        return self.db.run("join_positions", lambda t: [(int(r[0]), int(r[1])) for r in t.query(
+            "SELECT m.stream_ordering, e.depth FROM room_memberships m"
+            " JOIN events e ON e.event_id = m.event_id WHERE m.room_id = ? AND m.user_id = ?"
+            " AND m.membership = 'join' ORDER BY m.stream_ordering", (room_id, user_id))])
+
+    # ---------------------------------------------------------------- history edge
+    def backward_edge(self, room_id: str, n: int = 20) -> tuple[list[str], list[str]]:
+        """Where the history held here starts: (the ``n`` lowest events of the room's DAG
+        held as non-outliers, lowest first; the prev events they name that are not held as
+        non-outliers).  The second list empty means the start of the room is held (or
+        the missing prevs are outliers the caller may judge)."""
+        def q(t: Txn) -> tuple[list[str], list[str]]:
+            low = [r[0] for r in t.query(
+                "SELECT event_id FROM events WHERE room_id = ? AND outlier = 0"
+                " ORDER BY depth ASC, stream_ordering ASC LIMIT ?", (room_id, n))]
+            if not low:
+                return [], []
+            marks = ",".join("?" * len(low))
+            missing = [r[0] for r in t.query(
+                f"SELECT DISTINCT g.prev_event_id FROM event_edges g WHERE g.event_id IN"
+                f" ({marks}) AND NOT EXISTS (SELECT 1 FROM events p WHERE"
+                f" p.event_id = g.prev_event_id AND p.outlier = 0)"
+                f" ORDER BY g.prev_event_id", low)]
+            return low, missing
+        return self.db.run("backward_edge", q)
 
     # ---------------------------------------------------------------- relations
     def relation_children(self, room_id: str, parent_id: str, *, rel_type: str | None,

@@ -4,6 +4,12 @@
 
 Reads go straight to the store at a position (ARCHITECTURE invariant 2); history visibility
 applies to every event served; tokens are described in web/pagination.py.
+
+A backward ``/messages`` page that reaches the start of what this server holds while the
+room's start is not held asks another server for older history (federation/backfill.py,
+at most ``BACKFILL_ROUNDS`` times per request) and is read again, so the same request
+returns the backfilled events; with federation off, or no server answering, it answers
+what there is.
 """
 from __future__ import annotations
 
@@ -12,11 +18,12 @@ from typing import Any
 from flask import Blueprint, Flask, jsonify, request
 
 from atrium.errors import MatrixError, invalid_param
+from federation.backfill import backfiller
 from protocol.ids import is_valid_room_id
 from web.auth import Requester, require_auth
 from web.event_filter import parse_filter_param
 from web.http import query_bool, query_int
-from web.pagination import parse_token
+from web.pagination import before_token, parse_token
 from web.room_service import RoomService
 from web.timeline import Reader, context, messages, relations, threads
 from web.visibility import require_readable
@@ -24,6 +31,7 @@ from web.visibility import require_readable
 V3 = "/_matrix/client/v3"
 V1 = "/_matrix/client/v1"
 MAX_LIMIT = 1000
+BACKFILL_ROUNDS = 3
 
 
 def _direction(default: str) -> bool:
@@ -55,9 +63,36 @@ def register(app: Flask, runtime: Any) -> None:
         from_tok, to_tok = parse_token(from_raw), parse_token(request.args.get("to"), "to")
         flt = parse_filter_param(request.args.get("filter"))
         rd = reader(req, room_id)
-        return jsonify(messages(rd, room_id, from_tok=from_tok, from_raw=from_raw,
-                                to_tok=to_tok, backwards=backwards, limit=limit or 0,
-                                flt=flt))
+
+        def page(rd: Reader) -> dict[str, Any]:
+            return messages(rd, room_id, from_tok=from_tok, from_raw=from_raw,
+                            to_tok=to_tok, backwards=backwards, limit=limit or 0, flt=flt)
+
+        out = page(rd)
+        if backwards and to_tok is None and limit and "end" not in out \
+                and flt.allows_room(room_id):
+            out = with_backfill(rd, room_id, out, page)
+        return jsonify(out)
+
+    def with_backfill(rd: Reader, room_id: str, out: dict[str, Any],
+                      page: Any) -> dict[str, Any]:
+        """``out`` reached the start of what is held: backfill and read the page again."""
+        bf = backfiller(runtime.parts.get("federation"), runtime.parts)
+        if bf is None or not bf.wanted(room_id):
+            return out
+        for _ in range(BACKFILL_ROUNDS):
+            if not bf.backfill(room_id):
+                return out
+            out = page(Reader(rd.svc, rd.user_id, rd.device_id))
+            if "end" in out:
+                return out
+        if out["chunk"] and bf.wanted(room_id):
+            # more history is out there: hand out the cut before the oldest event served
+            oldest = rd.svc.events.get_event(out["chunk"][-1]["event_id"])
+            if oldest is not None:
+                out["end"] = before_token((int(oldest.event.get("depth", 0)),
+                                           oldest.stream_ordering))
+        return out
 
     @bp.get(f"{V3}/rooms/<room_id>/context/<event_id>")
     def get_context(room_id: str, event_id: str) -> Any:

@@ -39,7 +39,8 @@ class Visibility:
         self.reads = RoomReads(events.db)
         self._keys = [HV, ("m.room.member", user_id)]
         self._groups: dict[int, dict[StateKey, str]] = {}
-        self._last_join: dict[str, int | None] = {}
+        #: the user's last join to each room: (stream position, DAG depth)
+        self._last_join: dict[str, tuple[int, int] | None] = {}
         self._content: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ public
@@ -107,7 +108,13 @@ class Visibility:
             return True
         if vis == "shared":
             last_join = self._last_join.get(se.room_id)
-            return last_join is not None and last_join >= se.stream_ordering
+            if last_join is None:
+                return False
+            # "joined at some point after the event": by stream position for what arrived
+            # in order, by DAG depth for history backfilled from other servers after the
+            # join (it gets later stream positions but comes before the join in the DAG)
+            return last_join[0] >= se.stream_ordering or \
+                int(se.event.get("depth", 0)) < last_join[1]
         return vis == "invited" and membership == "invite"
 
 

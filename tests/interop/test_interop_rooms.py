@@ -368,8 +368,6 @@ def test_leave(room_peers: Peers, host: str) -> None:
 
 @pytest.mark.parametrize("visibility", ["shared", "joined"])
 @pytest.mark.parametrize("host", HOSTS)
-@pytest.mark.xfail(strict=False, reason="client-side backfill (/messages asking another "
-                   "server's /backfill) is being built")
 def test_late_joiner_backfills_what_visibility_allows(room_peers: Peers, host: str,
                                                       visibility: str) -> None:
     peers = room_peers
