@@ -5,7 +5,8 @@ the target's server).
 :class:`PduOut` is a ``RoomService.on_persisted`` hook (installed last: it runs after the
 /sync caches, the push queue and the notifier).  For every persisted event whose sender is a
 user of OUR server it tells ``fed.sender.send_pdus(destinations, room_id, stream_ordering)``;
-other servers' events are never re-broadcast.  The RoomActor calls the hooks only with the
+other servers' events are never re-broadcast, except the joins, leaves and knocks
+we relay as the resident server (**Relaying** below).  The RoomActor calls the hooks only with the
 accepted timeline events of a commit (``actors/room.py`` ``_commit``: the events it built,
 authorised and persisted — no rejected, soft-failed or outlier event is passed; the inbound
 PDU path must keep it so).
@@ -25,6 +26,17 @@ middle of a commit is loaded as it is after that commit, so an event earlier in 
 commit may reach a server whose user joined later in it; the leave side needs no history
 (the target rule covers the leaving server).
 
+**Relaying** (server-server-api "Joining Rooms", "Leaving Rooms (Rejecting Invites)",
+"Knocking Upon a Room"): a join, leave or knock that another server sent us through
+send_join / send_leave / send_knock reached only us, the resident server, and we must pass it
+on.  ``relay(room_id, event_id, origin)`` is ``fed.extras["membership_received"]`` (called by
+:mod:`federation.membership` once the event is accepted): it records the event in
+``federation_relayed`` (so the RemoteServerActor's reads, live and catch-up, take it like
+one of ours, in stream order with the room's other events) and tells the sender the servers
+with joined members before and after it, minus ``origin`` and us.  Only the origin's own
+user changes membership in such an event, so those are the cached joined servers (after it)
+without the origin.
+
 ``forget(room_id)`` drops a room's entry: whoever changes a room's membership without
 passing through the hooks (state resolution at a merge, a partial-state join completing)
 calls it.  ``partial_state_servers(room_id, servers)``: after a partial-state join (the
@@ -34,6 +46,7 @@ also go to ``servers`` (the ``servers_in_room`` of the ``send_join`` answer), as
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
@@ -91,10 +104,14 @@ class PduOut:
 
     def __init__(self, server_name: str, db: Any,
                  send_pdus: Callable[[list[str], str, int], None], *,
-                 max_rooms: int = MAX_ROOMS) -> None:
+                 max_rooms: int = MAX_ROOMS,
+                 record_relay: Callable[[str, str, str, int], int | None] | None = None
+                 ) -> None:
         self.server_name = server_name
         self.db = db
         self.send_pdus = send_pdus
+        #: ``PduReads.relay``: records a relayed event, answers its stream ordering
+        self.record_relay = record_relay
         self.max_rooms = max_rooms
         self._suffix = ":" + server_name
         self._rooms: OrderedDict[str, _Members] = OrderedDict()
@@ -148,6 +165,34 @@ class PduOut:
             self._rooms.pop(room_id, None)  # not ours any more: a rejoin reloads it
             self._partial.pop(room_id, None)
 
+    def relay(self, room_id: str, event_id: str, origin: str) -> list[str]:
+        """Pass on another server's accepted join / leave / knock (see the module
+        docstring); the destinations it went to."""
+        if self.record_relay is None:
+            return []
+        stream_ordering = self.record_relay(room_id, event_id, origin,
+                                            int(time.time() * 1000))
+        if stream_ordering is None:
+            log.warning("not relaying %s in %s: not an accepted event there", event_id,
+                        room_id)
+            return []
+        room = self._rooms.get(room_id)
+        if room is not None:
+            self._rooms.move_to_end(room_id)
+            dests = set(room.remote)
+        else:
+            room = self._load(room_id)
+            dests = set(room.remote)
+            if room.we_are_joined:
+                self._add(room_id, room)
+        dests |= self._partial.get(room_id, frozenset())
+        dests.discard(origin)
+        dests.discard(self.server_name)
+        out = sorted(dests)
+        if out:
+            self.send_pdus(out, room_id, stream_ordering)
+        return out
+
     def forget(self, room_id: str) -> None:
         """Drop what is known of ``room_id``'s members (read again when next needed)."""
         self._rooms.pop(room_id, None)
@@ -191,16 +236,20 @@ def _member_target(ev: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def install(app: Any, fed: Any, parts: dict[str, Any]) -> PduOut | None:  # noqa: ARG001
-    """Hang :class:`PduOut` on the rooms' ``on_persisted`` hooks (last) and give the sender
-    the events stream's position.  Idempotent; nothing without a sender."""
+    """Hang :class:`PduOut` on the rooms' ``on_persisted`` hooks (last), give the sender
+    the events stream's position and set ``fed.extras["membership_received"]`` (relaying).
+    Idempotent; nothing without a sender."""
     existing = fed.extras.get("pdu_out")
     if existing is not None:
         return existing
     if fed.sender is None:
         return None
     rooms = parts["rooms"]
-    out = PduOut(fed.server_name, fed.db, fed.sender.send_pdus)
+    reads = getattr(fed.sender, "pdu_reads", None)
+    out = PduOut(fed.server_name, fed.db, fed.sender.send_pdus,
+                 record_relay=reads.relay if reads is not None else None)
     fed.sender.events_position = rooms.events.stream.current
     rooms.on_persisted.append(out.on_persisted)
     fed.extras["pdu_out"] = out
+    fed.extras["membership_received"] = out.relay
     return out

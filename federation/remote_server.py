@@ -17,7 +17,8 @@ What it keeps in memory is small and bounded; the store is the queue:
   notes ``(stream_ordering, room_id)``, one per event :mod:`federation.pdu_out` found for the
   destination, sorted; a transaction reads the events of its first 50 notes (one query).
   *Catch-up mode* — past the window's bound, during and after a back-off, after a crash and
-  at start-up: the notes are ignored and ``_next_pdus`` replays our events after
+  at start-up: the notes are ignored and ``_next_pdus`` replays our events (and those we
+  relay as the resident server, never to the server that sent them to us) after
   ``pdu_position`` from the store, in stream order, ≤ 50 per transaction, keeping those of
   rooms where the destination had a joined member at the event (``room_memberships``
   history: one query per page) or whose member event targets one of its users (a kick, a
@@ -353,7 +354,8 @@ class RemoteServerActor(SupervisedActor):
             taken = tuple(so for so, _ in list(window)[:limit])
             if not taken:
                 return []
-            rows = self.s.pdu_reads.at(taken)
+            rows = [r for r in self.s.pdu_reads.at(taken)
+                    if r.relayed_from != self.destination]  # never back to where it came from
             pdus = [p for p in map(wire_pdu, rows) if p is not None]
             if pdus:
                 self.pdu_batch_position = taken[-1]
@@ -445,7 +447,8 @@ class RemoteServerActor(SupervisedActor):
                 latest[room][user] = membership
                 joined[room] = joined.get(room, 0) + (membership == "join") - (was == "join")
             cutoff = ep.cutoffs.get(row.room_id)
-            if cutoff is not None and row.stream_ordering < cutoff:
+            if cutoff is not None and row.stream_ordering < cutoff \
+                    or row.relayed_from == dest:
                 out.append(False)
                 continue
             target = row.membership_target

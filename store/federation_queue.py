@@ -13,6 +13,11 @@ the reads at the end of this module replay OUR events after it from ``events`` (
 destination's users were ever members of, who was joined when, the newest
 ``catchup_max_per_room`` per room).  Our events are told apart by the sender's server name
 (the suffix after the user id's first ``:``), compared with ``substr`` on both engines.
+"Ours" also covers the events of other servers we relay as the resident server (a join,
+leave or knock received through send_join / send_leave / send_knock): their ids are in
+``federation_relayed`` (migration ``067_federation_relayed.sql``, :meth:`PduReads.relay`),
+one primary-key probe per candidate event; :attr:`PduRow.relayed_from` names the server that
+sent one to us, which never gets it back.
 
 Stream ids are allocated by this process (a counter started from ``MAX(stream_id)``), so an
 insert never takes a lock beyond its own row; on PostgreSQL two writers may commit their rows
@@ -54,6 +59,7 @@ class PduRow:
     event: dict[str, Any]            # as stored (event_id and our unsigned included)
     room_version: str
     redacted: bool
+    relayed_from: str | None = None  # another server's event we relay: the server it came from
 
     @property
     def membership_target(self) -> tuple[str, str] | None:
@@ -272,10 +278,13 @@ class FederationQueueStore:
 
 # -- PDU catch-up reads ------------------------------------------------------------------------
 
-#: our timeline events: accepted, in the room's DAG, sent by a user of ``server_name``
+#: the timeline events we send: accepted, in the room's DAG, sent by a user of
+#: ``server_name`` or relayed by us (``federation_relayed``)
 _OURS = ("e.outlier = 0 AND e.rejection IS NULL AND e.soft_failed = 0"
-         " AND substr(e.sender, length(e.sender) - CAST(? AS INTEGER)) = ?")
-_PDU_COLS = "e.stream_ordering, e.room_id, e.json, r.room_version, e.redacted_by"
+         " AND (substr(e.sender, length(e.sender) - CAST(? AS INTEGER)) = ?"
+         " OR EXISTS (SELECT 1 FROM federation_relayed f WHERE f.event_id = e.event_id))")
+_PDU_COLS = ("e.stream_ordering, e.room_id, e.json, r.room_version, e.redacted_by,"
+             " (SELECT f.origin FROM federation_relayed f WHERE f.event_id = e.event_id)")
 
 
 def _suffix(server_name: str) -> tuple[int, str]:
@@ -284,7 +293,7 @@ def _suffix(server_name: str) -> tuple[int, str]:
 
 
 def _pdu(r: Sequence[Any]) -> PduRow:
-    return PduRow(int(r[0]), r[1], json.loads(r[2]), r[3], r[4] is not None)
+    return PduRow(int(r[0]), r[1], json.loads(r[2]), r[3], r[4] is not None, r[5])
 
 
 class PduReads:
@@ -299,6 +308,24 @@ class PduReads:
     def _run(self, name: str, fn: Any) -> Any:
         self.reads += 1
         return self.db.run(name, fn)
+
+    def relay(self, room_id: str, event_id: str, origin: str, now_ms: int) -> int | None:
+        """Record that we relay ``event_id`` (another server's, accepted in ``room_id``) to
+        the room's other servers; its stream ordering, or None if it is not an accepted
+        timeline event of that room (nothing is recorded then).  One write."""
+        def _t(txn: Txn) -> int | None:
+            so = txn.query_value(
+                "SELECT stream_ordering FROM events WHERE event_id = ? AND room_id = ?"
+                " AND outlier = 0 AND rejection IS NULL AND soft_failed = 0",
+                (event_id, room_id), default=None)
+            if so is None:
+                return None
+            txn.execute("INSERT INTO federation_relayed (event_id, room_id, origin, created_ts)"
+                        " VALUES (?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                        (event_id, room_id, origin, now_ms))
+            return int(so)
+        self.reads += 1
+        return self.db.run("federation_relay", _t, write=True)
 
     def head(self) -> int:
         """The newest stream ordering (used when no live stream position is wired)."""
