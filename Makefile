@@ -47,6 +47,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/sync_wake.py $(if $(SYNAPSE),--synapse,)
 	$(BIN)/python bench/keys_query_claim.py
 	$(BIN)/python bench/media_large_upload.py
+	$(BIN)/python bench/federation_outage.py
 
 clean-venv:
 	rm -rf $(VENV)
