@@ -17,13 +17,13 @@ duck-typed); nothing here writes.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
+from typing import Any
 
 from flask import Blueprint, Flask, jsonify, request
 
-from atrium.errors import MatrixError, invalid_param, not_found
+from atrium.errors import invalid_param, not_found
 from protocol.ids import is_valid_room_id
+from federation.request_auth import signed_route
 
 V1 = "/_matrix/federation/v1"
 MAX_CHILDREN = 50     # children summarised per answer (Synapse's limit is similar)
@@ -199,17 +199,7 @@ def install(app: Flask, fed: Any, parts: dict[str, Any]) -> Hierarchy | None:
     fed.extras["hierarchy"] = hierarchy
     bp = Blueprint("federation_hierarchy", __name__)
 
-    def signed(view: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            verifier = fed.verifier
-            if verifier is None:
-                raise MatrixError(401, "M_UNAUTHORIZED",
-                                  "Signed federation requests cannot be verified here")
-            origin = verifier.authenticate(request)
-            with verifier.limited(origin):
-                return view(origin, *args, **kwargs)
-        return wrapper
+    signed = signed_route(fed)
 
     @bp.get(f"{V1}/hierarchy/<room_id>")
     @signed

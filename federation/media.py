@@ -22,7 +22,6 @@ The media parts (store, files, actor) are ``runtime.parts["media"]``
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -40,6 +39,7 @@ from actors.media import (MEDIA_KEY, CommitRemote, MediaParts, blocking, thumbna
                           wait_uploaded)
 from actors.thumbnailer import THUMBNAILABLE_TYPES, probe, remove_quietly
 from atrium.errors import MatrixError, invalid_param, missing_param, not_found
+from federation.request_auth import signed_route
 from federation.errors import BadResponse, FederationError, Forbidden, RemoteHTTPError
 from store.media import RemoteMedia, valid_media_id
 
@@ -412,17 +412,7 @@ def install(app: Flask, fed: Any, parts: dict[str, Any]) -> RemoteMediaFetcher |
     fed.extras["remote_media"] = fetcher
     bp = Blueprint("federation_media", __name__)
 
-    def signed(view: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            verifier = fed.verifier
-            if verifier is None:
-                raise MatrixError(401, "M_UNAUTHORIZED",
-                                  "Signed federation requests cannot be verified here")
-            origin = verifier.authenticate(request)
-            with verifier.limited(origin):
-                return view(origin, *args, **kwargs)
-        return wrapper
+    signed = signed_route(fed)
 
     def trace() -> dict[str, str | None]:
         return {"trace_id": getattr(g, "request_id", None),

@@ -36,12 +36,12 @@ by the joining side too (``federation/join.py``).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, ContextManager, Mapping
+from typing import Any, Callable, Mapping
 
 from flask import Blueprint, Flask, g, jsonify, request
 
 from atrium.errors import MatrixError
-from federation.request_auth import BODY_ENVIRON_KEY, federation_route
+from federation.request_auth import BODY_ENVIRON_KEY, signed_route
 from federation.room_queries import room_reads, wire_pdu
 from protocol.acl import server_allowed
 from protocol.events import auth_event_ids, room_id_for_create_event_id
@@ -120,24 +120,6 @@ def incompatible(rv_id: str) -> MatrixError:
                        f"Your homeserver does not support room version {rv_id}",
                        room_version=rv_id)
 
-
-class _LazyVerifier:
-    """``fed.verifier`` at request time (the wiring or a test may set it after install)."""
-
-    def __init__(self, fed: Any) -> None:
-        self.fed = fed
-
-    def _v(self) -> Any:
-        if self.fed.verifier is None:
-            raise MatrixError(401, "M_UNAUTHORIZED",
-                              "Signed federation requests cannot be verified here")
-        return self.fed.verifier
-
-    def authenticate(self, flask_request: Any) -> str:
-        return self._v().authenticate(flask_request)
-
-    def limited(self, origin: str) -> ContextManager[None]:
-        return self._v().limited(origin)
 
 
 def _body() -> Any:
@@ -427,8 +409,7 @@ def install(app: Flask, fed: Any, parts: dict[str, Any]) -> None:
     """Register the served membership routes; ``fed.extras["membership"]`` is the handler."""
     res = ResidentMembership(fed, parts)
     fed.extras["membership"] = res
-    signed: Callable[[Callable[..., Any]], Callable[..., Any]] = federation_route(
-        _LazyVerifier(fed))  # type: ignore[arg-type]
+    signed: Callable[[Callable[..., Any]], Callable[..., Any]] = signed_route(fed)
     bp = Blueprint("federation_membership", __name__)
 
     def versions() -> list[str]:

@@ -19,7 +19,6 @@ put there by ``web/directory.py``), ``e2e_keys`` (query and the exactly-once cla
 """
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any, Callable, Mapping
 
@@ -28,6 +27,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 import atrium
 from atrium.errors import MatrixError, bad_json, forbidden, invalid_param, missing_param, \
     not_found
+from federation.request_auth import signed_route
 from federation.remote_queries import RemoteQueries
 from protocol.ids import is_valid_room_alias, is_valid_user_id, server_of
 
@@ -45,18 +45,7 @@ def install(app: Flask, fed: Any, parts: dict[str, Any]) -> None:
     server_name: str = fed.server_name
     bp = Blueprint("federation_queries", __name__)
 
-    def signed(view: Callable[..., Any]) -> Callable[..., Any]:
-        """Authenticate the X-Matrix request and rate-limit its origin around ``view``."""
-        @functools.wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            verifier = fed.verifier
-            if verifier is None:
-                raise MatrixError(401, "M_UNAUTHORIZED",
-                                  "Signed federation requests cannot be verified here")
-            origin = verifier.authenticate(request)
-            with verifier.limited(origin):
-                return view(origin, *args, **kwargs)
-        return wrapper
+    signed = signed_route(fed)
 
     def ours(user_id: Any, what: str = "user_id") -> str:
         if not isinstance(user_id, str) or not user_id:

@@ -197,6 +197,32 @@ def federation_route(verifier: RequestVerifier) -> Callable[[View], View]:
     return decorate
 
 
+class LazyVerifier:
+    """``fed.verifier`` looked up at request time (a test may replace it after the routes
+    are installed); 401 while there is none."""
+
+    def __init__(self, fed: Any) -> None:
+        self.fed = fed
+
+    def _v(self) -> Any:
+        v = self.fed.verifier
+        if v is None:
+            raise MatrixError(401, "M_UNAUTHORIZED",
+                              "Signed federation requests cannot be verified here")
+        return v
+
+    def authenticate(self, flask_request: Any) -> str:
+        return self._v().authenticate(flask_request)
+
+    def limited(self, origin: str) -> Any:
+        return self._v().limited(origin)
+
+
+def signed_route(fed: Any) -> Callable[[View], View]:
+    """:func:`federation_route` over ``fed.verifier`` as it is at each request."""
+    return federation_route(LazyVerifier(fed))  # type: ignore[arg-type]
+
+
 def require_origin(verifier: RequestVerifier) -> str:
     """Authenticate the current Flask request (no rate limiting): its origin."""
     from flask import request  # noqa: PLC0415

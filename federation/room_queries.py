@@ -28,13 +28,13 @@ shared with federation/pdus.py; it is kept in ``fed.extras["room_reads"]``.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable
 
 from flask import Blueprint, Flask, jsonify, request
 
-from atrium.errors import MatrixError, bad_json, forbidden, invalid_param, missing_param, \
+from atrium.errors import bad_json, forbidden, invalid_param, missing_param, \
     not_found, not_json
-from federation.request_auth import BODY_ENVIRON_KEY, federation_route
+from federation.request_auth import BODY_ENVIRON_KEY, signed_route
 from protocol.acl import server_allowed
 from protocol.events import auth_event_ids, pdu_for_wire
 from protocol.room_versions import RoomVersion
@@ -87,26 +87,6 @@ class RoomAccess:
             raise forbidden("Host not in room")
         return rv
 
-
-class _LazyVerifier:
-    """``fed.verifier`` looked up per request (the wiring or a test may replace it after
-    the routes are installed); no verifier is 401, as an unverifiable request."""
-
-    def __init__(self, fed: Any) -> None:
-        self.fed = fed
-
-    def _v(self) -> Any:
-        v = self.fed.verifier
-        if v is None:
-            raise MatrixError(401, "M_UNAUTHORIZED",
-                              "Signed federation requests cannot be verified here")
-        return v
-
-    def authenticate(self, flask_request: Any) -> str:
-        return self._v().authenticate(flask_request)
-
-    def limited(self, origin: str) -> ContextManager[None]:
-        return self._v().limited(origin)
 
 
 def _int_arg(name: str, *, required: bool, default: int = 0) -> int:
@@ -168,8 +148,7 @@ def install(app: Flask, fed: Any, parts: dict[str, Any]) -> None:
     reads = room_reads(fed, parts)
     access = RoomAccess(reads)
     fed.extras["room_access"] = access
-    signed: Callable[[Callable[..., Any]], Callable[..., Any]] = federation_route(
-        _LazyVerifier(fed))  # type: ignore[arg-type]
+    signed: Callable[[Callable[..., Any]], Callable[..., Any]] = signed_route(fed)
     bp = Blueprint("federation_room_queries", __name__)
 
     def transaction(pdus: list[dict[str, Any]]) -> dict[str, Any]:

@@ -284,7 +284,6 @@ class FederationSender:
 
     def _transmit(self, flight: Flight) -> None:
         dest = flight.destination
-        fc = self.fc
         body = flight.body
         with self._slots:
             rec = self.tracer.enqueued(flight.trace_id, f"remote/{dest}", "federation", dest,
