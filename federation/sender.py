@@ -33,9 +33,10 @@ import gevent
 from gevent.lock import BoundedSemaphore
 
 from federation.errors import FederationError, Forbidden, RemoteHTTPError
-from federation.remote_server import (
+from federation.remote_server import RemoteServerActor
+from federation.transaction_out import (
     OK, REFUSED, TRANSIENT, Ephemeral, Flight, Outcome, PdusAvailable, PutTransaction,
-    RemoteServerActor, TxnResult, Wake,
+    TxnResult, Wake,
 )
 from store.database import Database, Txn
 from store.federation_queue import DestinationRow, FederationQueueStore, PduReads

@@ -8,9 +8,8 @@ import gevent
 import pytest
 
 from federation.errors import RemoteUnreachable
-from federation.remote_server import (
-    Ephemeral, PdusAvailable, RemoteServerActor, TxnResult, Wake,
-)
+from federation.remote_server import RemoteServerActor
+from federation.transaction_out import Ephemeral, PdusAvailable, TxnResult, Wake
 from supervision.testing import ExpectActor, ExpectChild, ScriptHarness, Tell
 from tests.federation.sender_helpers import FakeClient, Senders, enqueue, wait_until
 
