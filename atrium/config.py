@@ -108,6 +108,11 @@ class Config:
     alias_creation_rules: tuple["DirectoryRule", ...] | None = None
     caches: CacheConfig = field(default_factory=CacheConfig)
     federation: "FederationConfig" = field(default_factory=lambda: FederationConfig())
+    # guest access (Synapse's key; issue 15 group 2)
+    allow_guest_access: bool = False
+    # outbound HTTPS to push gateways / identity servers without certificate checks (Synapse's
+    # key; only for test set-ups with a private CA)
+    use_insecure_ssl_client_just_for_testing_do_not_use: bool = False
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -207,6 +212,7 @@ KNOWN_KEYS = {
     "federation_certificate_verification_whitelist", "federation_custom_ca_list",
     "federation_ip_range_whitelist", "rc_federation", "allow_public_rooms_over_federation",
     "tls_certificate_path", "tls_private_key_path",
+    "allow_guest_access", "use_insecure_ssl_client_just_for_testing_do_not_use",
 }
 
 
@@ -358,6 +364,9 @@ def parse_config(raw: Any, path: str = "<memory>", base_dir: str | None = None) 
         alias_creation_rules=_directory_rules(raw, "alias_creation_rules"),
         caches=_caches(raw.get("caches")),
         federation=parse_federation_config(raw, rel, ConfigError),
+        allow_guest_access=_bool(raw, "allow_guest_access", False),
+        use_insecure_ssl_client_just_for_testing_do_not_use=_bool(
+            raw, "use_insecure_ssl_client_just_for_testing_do_not_use", False),
     )
 
 
