@@ -351,12 +351,15 @@ def _all_messages(client: Client, room: str, tag: str, n: int) -> list[int]:
     seq 0 or the room's start)."""
     out: list[int] = []
     query = {"dir": "b", "limit": "1000"}
-    for _ in range(n // 100 + 50):
+    # no bound on pages but the room's start: a server that backfills answers short pages
+    # (Synapse: at most one backfill request, ≤100 events, per page) and even empty ones with
+    # an ``end`` while it is still fetching
+    for _ in range(10 * n + 100):
         j = client.ok("GET", f"/_matrix/client/v3/rooms/{_q(room)}/messages", query=query,
                       timeout=120)
         chunk = j.get("chunk", [])
         out += _seqs(chunk, tag)
-        if not chunk or not j.get("end") or 0 in out or any(
+        if not j.get("end") or (not chunk and j["end"] == query.get("from")) or 0 in out or any(
                 e.get("type") == "m.room.create" for e in chunk):
             break
         query["from"] = j["end"]
