@@ -164,7 +164,10 @@ class Hierarchy:
         allowed = view.allowed_room_ids()
         if allowed:
             out["allowed_room_ids"] = allowed
-        out["children_state"] = self.children_state(view, suggested_only)
+        # only spaces have children (Synapse's rule: a room's m.space.child links are not
+        # followed unless the room is a space)
+        out["children_state"] = self.children_state(view, suggested_only) \
+            if out.get("room_type") == "m.space" else []
         return out
 
     def answer(self, room_id: str, origin: str, suggested_only: bool) -> dict[str, Any]:
