@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 V1 = "/_matrix/federation/v1"
 MAX_LIMIT = 100          # events asked of one /backfill
+AROUND_LIMIT = 20        # events asked by fetch_at (an event named by another server)
 MAX_SERVERS = 3          # servers tried per call
 MAX_V = 20               # event ids in ``v``
 MAX_GAP_STATES = 3       # events whose state before is rebuilt per call
@@ -124,6 +125,30 @@ class Backfiller:
             return 0
         finally:
             lock.release()
+
+    def fetch_at(self, room_id: str, event_id: str, server: str, limit: int = AROUND_LIMIT
+                 ) -> bool:
+        """Backfill from ``server`` starting at ``event_id`` (an event another server named,
+        e.g. its ``/timestamp_to_event`` answer): the event and up to ``limit - 1`` before
+        it, checked and stored like any backfilled history.  True when the event is then in
+        this server's timeline."""
+        pipe = self._pipe()
+        reads = room_reads(self.fed, self.parts)
+        if pipe is None or reads.known_ids([event_id], outliers=False):
+            return pipe is not None
+        rv = reads.events.room_version(room_id)
+        lock = self._locks.setdefault(room_id, gevent.lock.Semaphore())
+        if rv is None or not lock.acquire(timeout=self.total_timeout):
+            return False
+        try:
+            deadline = time.monotonic() + self.total_timeout
+            self._from(pipe, server, room_id, rv, [event_id], max(1, min(limit, MAX_LIMIT)),
+                       deadline)
+        except Exception as e:  # noqa: BLE001 - the caller goes on without it
+            log.info("backfill of %s at %s from %s failed: %s", room_id, event_id, server, e)
+        finally:
+            lock.release()
+        return bool(reads.known_ids([event_id], outliers=False))
 
     def _run(self, room_id: str, edge: list[str], limit: int, deadline: float) -> int:
         pipe = self._pipe()

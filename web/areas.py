@@ -64,6 +64,9 @@ def _register_rooms(app: Flask, runtime: Any) -> None:
     from web import space_hierarchy  # spaces: the client's /hierarchy (remote rooms too)
 
     space_hierarchy.register(app, runtime)
+    from web import timestamp_lookup  # /timestamp_to_event (asks other servers too)
+
+    timestamp_lookup.register(app, runtime)
 
 
 def _register_sync(app: Flask, runtime: Any) -> None:
