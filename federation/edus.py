@@ -407,6 +407,16 @@ class RoomEdus:
         self.presence_enabled = presence_enabled
         self.clock = clock or time.time
         self._user_lock = KeyedLock()
+        #: remote user -> time.monotonic() of the last presence update about them (any, even
+        #: one that changed nothing): federation/presence_timers.py times out the silent
+        self._heard: dict[str, float] = {}
+        self.monotonic: Callable[[], float] = time.monotonic
+
+    def heard(self, user_id: str) -> float | None:
+        return self._heard.get(user_id)
+
+    def forget(self, user_id: str) -> None:
+        self._heard.pop(user_id, None)
 
     @classmethod
     def from_parts(cls, server_name: str, sync: Any, rooms: Any) -> "RoomEdus":
@@ -535,6 +545,7 @@ class RoomEdus:
             log.debug("presence of %s (no room shared) ignored", user)
             return
         last_active = int(self.clock() * 1000) - ago
+        self._heard[user] = self.monotonic()
         with self._user_lock(user):
             old = self.presence.get(user)
             if old is not None and (old.state, old.status_msg, old.currently_active) \

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import gevent
 
 from federation.edus import RoomEdus
+from federation.presence_timers import PresenceTimers
 from store.database import Database
 
 log = logging.getLogger(__name__)
@@ -268,4 +269,9 @@ def install(app: Any, fed: Any, parts: dict[str, Any]) -> RoomEduSender | None:
     out.follow(fed.db, sync.receipts.stream, sync.presence.stream)
     if fed.edus is not None:
         fed.edus.room_edus = RoomEdus.from_parts(fed.server_name, sync, rooms)
+        if out.presence_enabled:
+            timers = PresenceTimers(fed.server_name, sync.presence, fed.edus.room_edus, out,
+                                    sync.notifier)
+            fed.extras["presence_timers"] = timers
+            timers.start()
     return out

@@ -53,6 +53,9 @@ def register(app: Flask, runtime: Any) -> None:
     if out is not None:
         runtime.shutdown_hooks.append(lambda: out.flush(1))
     runtime.shutdown_hooks.append(lambda: fed.edus.wait_for_resyncs(1))
+    timers = fed.extras.get("presence_timers")
+    if timers is not None:
+        runtime.shutdown_hooks.append(timers.stop)
     room_edus = fed.extras.get("room_edus_out")
     if room_edus is not None:
         runtime.shutdown_hooks.append(lambda: room_edus.flush(1))
