@@ -213,6 +213,10 @@ KNOWN_KEYS = {
     "federation_ip_range_whitelist", "rc_federation", "allow_public_rooms_over_federation",
     "tls_certificate_path", "tls_private_key_path",
     "allow_guest_access", "use_insecure_ssl_client_just_for_testing_do_not_use",
+    # finding things (issue 16): parsed by their own modules
+    "user_directory", "url_preview_ip_range_blacklist", "url_preview_ip_range_whitelist",
+    "url_preview_url_blacklist", "max_spider_size", "url_preview_accept_language",
+    "server_notices",
 }
 
 
