@@ -89,6 +89,8 @@ def _register_sync(app: Flask, runtime: Any) -> None:
     runtime.drain_hooks.append(svc.notifier.close)
     for area in (sync, filters, typing, receipts, account_data, presence, to_device):
         area.register(app, runtime)
+    from web import legacy_events  # legacy sync: /events, /initialSync (after sync)
+    legacy_events.register(app, runtime)
     svc.sweep_presence()
 
 
