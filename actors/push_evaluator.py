@@ -104,6 +104,7 @@ class PushEvaluator:
         self._cache_rooms, self._cache_users = cache_rooms, cache_users
         self._stopping = False
         self._worker: gevent.Greenlet | None = None
+        self._side: set[gevent.Greenlet] = set()   # remote invites being evaluated
         self.evaluated = 0                    # events evaluated (stats, tests)
         self.overflows = 0
 
@@ -121,6 +122,7 @@ class PushEvaluator:
             self._worker.kill(block=False)
         if self._writing is not None:
             self._writing.join(timeout)
+        gevent.joinall(list(self._side), timeout=timeout)
         self._progress.set()
 
     # ------------------------------------------------------------------ the hook
@@ -143,6 +145,39 @@ class PushEvaluator:
             self._queue.append((room_id, events))
             self._queued += len(events)
         self._wake.set()
+
+    def on_remote_membership(self, remote_invites: Any, user_id: str, position: int) -> None:
+        """store/remote_invites.py hook: an invite from another server to a room this server
+        does not hold was recorded.  No room actor persists it, so it is evaluated here, on
+        its own (no room state: no member count, no power levels), in a greenlet of its own
+        so the /invite request does not wait for it."""
+        if self._stopping:
+            return
+        g = gevent.spawn(self._remote_invite, remote_invites, user_id, position)
+        self._side.add(g)
+        g.link(self._side.discard)
+
+    def _remote_invite(self, remote_invites: Any, user_id: str, position: int) -> None:
+        try:
+            row = next((r for r in remote_invites.rows(user_id)
+                        if r.stream_ordering == position), None)
+            if row is None or row.membership != "invite":
+                return
+            ev = dict(row.event, room_id=row.room_id)
+            ruleset = self._rulesets_for({user_id})[user_id]
+            actions = ruleset.evaluate(ev, user_id=user_id, display_name=None,
+                                       room_member_count=None, sender_power_level=None,
+                                       power_levels=None)
+            notify, highlight, _ = notification_effect(actions or [])
+            if not notify:
+                return
+            push_store.write_actions(self.db, [(
+                user_id, row.event_id, row.room_id, position, push_store.MAIN, actions,
+                highlight, int(self.clock() * 1000))], [], None)
+            if self.on_notify is not None:
+                self.on_notify(user_id, position)
+        except Exception:  # noqa: BLE001 - the invite itself is stored; pushing is best effort
+            log.exception("push evaluator: remote invite for %s failed", user_id)
 
     def unwritten(self, user_id: str, room_id: str
                   ) -> tuple[list[tuple[str, int, str, bool]], list[tuple[str, int]]]:

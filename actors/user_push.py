@@ -7,10 +7,9 @@ After each write the effective ruleset is also stored as the global account data
 ``m.push_rules`` (modules/push.md: clients learn rule changes from /sync's account data),
 through the same account-data store and waker the actor uses for its other account data.
 
-The hook in ``UserActor`` (class attribute ``handles_push_rules = True`` and, in ``handle``,
-``if isinstance(msg, PUSH_RULE_MESSAGES): return handle_push_message(self, msg)``).  Until
-it is there, web/push_wiring.py runs the same function inside the user's actor through
-``Supervisor.inspect`` — still in mailbox order, still the single writer.
+``UserActor.handle`` passes the messages of ``PUSH_RULE_MESSAGES`` here (its class attribute
+``handles_push_rules = True`` says so).  A user holds at most ``MAX_USER_RULES`` rules of
+their own (all kinds together; 413 past it), so the one row per user stays bounded.
 """
 from __future__ import annotations
 
@@ -56,6 +55,7 @@ class SetPushRuleActions:
 
 
 PUSH_RULE_MESSAGES = (PutPushRule, DeletePushRule, SetPushRuleEnabled, SetPushRuleActions)
+MAX_USER_RULES = 1000
 
 
 def handle_push_message(actor: Any, msg: Any) -> Any:
@@ -95,8 +95,12 @@ def apply_change(user_id: str, stored: UserPushRules, msg: Any) -> None:
             rule["enabled"] = mine[index]["enabled"]  # an update keeps the rule's switch
         try:
             mine = upsert_user_rule(mine, rule, before=msg.before, after=msg.after)
-        except PushRuleError as e:
+        except PushRuleError as e:  # the spec's example: 400 M_UNKNOWN
             raise MatrixError(400, "M_UNKNOWN", str(e)) from None
+        if index is None and sum(len(v) for k, v in stored.rules.items()
+                                 if k != msg.kind) + len(mine) > MAX_USER_RULES:
+            raise MatrixError(413, "M_TOO_LARGE",
+                              f"A user may hold at most {MAX_USER_RULES} push rules")
         stored.rules[msg.kind] = mine
         return
     if isinstance(msg, DeletePushRule):

@@ -161,7 +161,10 @@ def upsert_user_rule(
     new.setdefault("enabled", True)  # "When creating push rules, they MUST be enabled"
     out = [dict(r) for r in rules]
     existing = next((i for i, r in enumerate(out) if r["rule_id"] == rule_id), None)
-    if before is None and after is None:
+    anchor = before if before is not None else after
+    if anchor is None or (anchor == rule_id and existing is not None):
+        # no position asked for, or relative to itself: a new rule goes first, an
+        # updated one keeps its place
         if existing is None:
             out.insert(0, new)
         else:
@@ -169,7 +172,6 @@ def upsert_user_rule(
         return out
     if existing is not None:
         del out[existing]
-    anchor = before if before is not None else after
     pos = next((i for i, r in enumerate(out) if r["rule_id"] == anchor), None)
     if pos is None:
         raise PushRuleError(f"before/after rule not found: {anchor}")

@@ -305,15 +305,28 @@ def unread_counts(db: Database, user_id: str, room_id: str) -> dict[str, Any]:
     return got[(user_id, room_id)]
 
 
-def total_unread(db: Database, user_id: str) -> int:
-    """Unread notifications across the rooms the user is joined to (the push payload's
-    ``counts.unread``)."""
+def total_unread(db: Database, user_id: str, remote_invites: Iterable[str] = ()) -> int:
+    """The push payload's ``counts.unread``, as Synapse counts its badge: the rooms the user
+    is invited to plus the unread notifications of the rooms they are joined to.
+    ``remote_invites`` are rooms this server does not hold that the user has a pending
+    invite to (store/remote_invites.py); one with a membership here is counted from that."""
+    remote = set(remote_invites)
+
     def _q(txn: Txn) -> int:
+        invited: set[str] = set()
+        held: set[str] = set()
+        for room_id, membership in txn.query(
+                "SELECT room_id, membership FROM current_state WHERE state_key = ?"
+                " AND type = 'm.room.member'", (user_id,)):
+            held.add(room_id)
+            if membership == "invite":
+                invited.add(room_id)
         rooms = [r for (r,) in txn.query(
             "SELECT DISTINCT a.room_id FROM event_push_actions a JOIN current_state s ON"
             " s.room_id = a.room_id AND s.type = 'm.room.member' AND s.state_key = a.user_id"
             " WHERE a.user_id = ? AND s.membership = 'join'", (user_id,))]
-        return sum(_counts_txn(txn, user_id, r)["notification_count"] for r in rooms)
+        unread = sum(_counts_txn(txn, user_id, r)["notification_count"] for r in rooms)
+        return len(invited | (remote - held)) + unread
 
     return db.run("total_unread", _q)
 

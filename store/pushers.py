@@ -96,13 +96,6 @@ class PusherStore:
             "DELETE FROM pushers WHERE user_id = ? AND app_id = ? AND pushkey = ?",
             (user_id, app_id, pushkey)), write=True) > 0
 
-    def delete_rejected(self, app_id: str, pushkey: str) -> int:
-        """The gateway rejected this pushkey: every pusher using it goes (push-gateway-api
-        ``rejected``)."""
-        return self.db.run("reject_pusher", lambda t: t.execute(
-            "DELETE FROM pushers WHERE app_id = ? AND pushkey = ?", (app_id, pushkey)),
-            write=True)
-
     def delete_for_devices(self, txn: Txn, user_id: str, device_ids: list[str]) -> None:
         """Pushers set by deleted devices go with them (called in the deleting txn)."""
         for d in device_ids:

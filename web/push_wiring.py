@@ -5,9 +5,17 @@ the push API areas (push rules, pushers, /notifications).  Built once by web/are
 Config (``push:`` in homeserver.yaml, all optional): ``allow_http_gateways`` (false: gateway
 URLs must be https, as pusher.yaml says; true for loopback tests), ``gateway_timeout`` (s),
 ``backoff_base`` / ``backoff_max`` (s), ``max_attempts``, ``evaluator_queue`` (events).
+HTTPS to gateways verifies certificates, trusting the files of ``federation_custom_ca_list``
+besides the usual roots; Synapse's ``use_insecure_ssl_client_just_for_testing_do_not_use``
+turns verification off (test set-ups only; logged as a warning at start).
+
+Invites that other servers send for rooms this server does not hold are recorded by
+store/remote_invites.py, not persisted by a room: its ``on_recorded`` hook hands them to the
+evaluator, so they push like local invites.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +25,9 @@ from store.push_rules import PushRuleStore
 from store.pushers import PusherStore
 
 from actors.push_evaluator import PushEvaluator
-from actors.pusher import PushSender, PusherDeps
+from actors.pusher import PushSender, PusherDeps, make_http_post
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,7 +61,13 @@ def register(app: Any, runtime: Any) -> None:
     cfg = _push_config(config)
     rooms = runtime.parts["rooms"]
     rules, pusher_store = PushRuleStore(db), PusherStore(db)
-    deps = PusherDeps(db=db, pushers=pusher_store, events=rooms.events,
+    insecure = config.use_insecure_ssl_client_just_for_testing_do_not_use
+    if insecure:
+        log.warning("use_insecure_ssl_client_just_for_testing_do_not_use is set: push"
+                    " gateways' certificates are NOT verified")
+    post = make_http_post(verify=not insecure, ca_files=config.federation.custom_ca_list)
+    deps = PusherDeps(db=db, pushers=pusher_store, events=rooms.events, post=post,
+                      remote_invites=rooms.remote_invites,
                       timeout=float(cfg.get("gateway_timeout", 10.0)),
                       backoff_base=float(cfg.get("backoff_base", 1.0)),
                       backoff_max=float(cfg.get("backoff_max", 600.0)),
@@ -71,6 +87,8 @@ def register(app: Any, runtime: Any) -> None:
     runtime.parts["push"] = svc
     runtime.parts.setdefault("supervisors", {})["pushers"] = sender.supervisor
     rooms.on_persisted.append(evaluator.on_persisted)
+    rooms.remote_invites.on_recorded.append(
+        lambda user_id, pos: evaluator.on_remote_membership(rooms.remote_invites, user_id, pos))
     counts = push_store.set_barrier(db, evaluator.barrier, evaluator.unwritten,
                                     cache_size=config.caches.unread_counts)
     accounts = runtime.parts["accounts"]

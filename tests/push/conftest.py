@@ -3,12 +3,14 @@ fresh database on the engine under test (ATRIUM_TEST_DB), users inserted directl
 test client per user, and a push gateway of our own (gevent WSGI server on loopback) that
 records what it receives and answers as scripted."""
 import json
+import socket
+import ssl
 import time
 from urllib.parse import quote
 
 import gevent
 import pytest
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from store.accounts import hash_token
 from tests.apps import app_factory
@@ -126,17 +128,40 @@ def wait_for(pred, timeout=5.0, step=0.01):
     return pred()
 
 
+class _NoDelayHandler(WSGIHandler):
+    """pywsgi writes a response's headers and body separately: without TCP_NODELAY the body
+    waits for the client's delayed ACK (~40 ms) on every kept-alive request after the
+    first, which the sender's pooled connections would see as a slow gateway."""
+
+    def handle(self):
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        return super().handle()
+
+
 class Gateway:
     """A push gateway on loopback: records each notify POST (with its arrival time) and
-    answers with the next scripted (status, body), then 200 {"rejected": []}."""
+    answers with the next scripted (status, body), else what ``reply(body)`` says (None:
+    no opinion), else 200 {"rejected": []}.  With ``tls`` ((certfile, keyfile)) it serves
+    HTTPS."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
         self.received = []
         self.script = []
+        self.reply = None
         self.delay = 0.0
-        self.server = WSGIServer(("127.0.0.1", 0), self._app, log=None, error_log=None)
+        ssl_args = {}
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            ssl_args["ssl_context"] = ctx
+        self.server = WSGIServer(("127.0.0.1", 0), self._app, log=None, error_log=None,
+                                 handler_class=_NoDelayHandler, **ssl_args)
         self.server.start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/_matrix/push/v1/notify"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_port}/_matrix/push/v1/notify"
 
     def _app(self, environ, start_response):
         n = int(environ.get("CONTENT_LENGTH") or 0)
@@ -144,7 +169,10 @@ class Gateway:
         self.received.append((time.monotonic(), environ["PATH_INFO"], body))
         if self.delay:
             gevent.sleep(self.delay)
-        status, reply = self.script.pop(0) if self.script else (200, {"rejected": []})
+        answer = self.script.pop(0) if self.script else None
+        if answer is None and self.reply is not None:
+            answer = self.reply(body)
+        status, reply = answer or (200, {"rejected": []})
         start_response(f"{status} X", [("Content-Type", "application/json")])
         return [json.dumps(reply).encode()]
 
