@@ -86,8 +86,6 @@ def plan_room(rv: RoomVersion, creator: str, server_name: str, body: Mapping[str
             create_content["additional_creators"] = extra
             additional = extra
     creators = {creator} | (set(additional) if rv.privileged_creators and additional else set())
-    if body.get("invite_3pid"):
-        raise _bad("invite_3pid is not supported (no identity server)", "M_INVALID_PARAM")
     is_direct = body.get("is_direct", False)
     if not isinstance(is_direct, bool):
         raise _bad("is_direct must be a boolean")

@@ -44,6 +44,10 @@ class UserInUse(Exception):
     """The user id is already registered."""
 
 
+class NotAGuest(Exception):
+    """The account to upgrade is not (or no longer) a guest account."""
+
+
 @dataclass(frozen=True)
 class TokenInfo:
     user_id: str
@@ -109,6 +113,7 @@ class AccountStore:
         self.db = db
         self.on_devices_deleted: list[DeviceHook] = []
         self.on_user_deactivated: list[UserHook] = []
+        self.on_user_registered: list[UserHook] = []   # in the registration's transaction
         self.tokens = TokenCache(token_cache_size)
 
     def _forget_tokens_after_commit(self, txn: Txn, user_id: str) -> None:
@@ -202,18 +207,21 @@ class AccountStore:
     def register_user(self, user_id: str, password_hash: str | None, *,
                       admin: bool = False, user_type: str | None = None,
                       displayname: str | None = None, login: LoginRequest | None = None,
-                      uia_session: str | None = None) -> Session | None:
+                      uia_session: str | None = None, guest: bool = False) -> Session | None:
         """Create a user (and, with ``login``, its first device and tokens) in one
         transaction; a registration token reserved by ``uia_session`` counts as used.
+        ``guest`` makes a guest account (client-server-api "Guest Access").
         Raises :class:`UserInUse`."""
         def _t(txn: Txn) -> Session | None:
             if txn.query_one("SELECT 1 FROM users WHERE name = ?", (user_id,)) is not None:
                 raise UserInUse(user_id)
-            txn.execute("INSERT INTO users (name, password_hash, creation_ts, admin, user_type)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (user_id, password_hash, now_ms(), int(admin), user_type))
+            txn.execute("INSERT INTO users (name, password_hash, creation_ts, admin, user_type,"
+                        " is_guest) VALUES (?, ?, ?, ?, ?, ?)",
+                        (user_id, password_hash, now_ms(), int(admin), user_type, int(guest)))
             txn.execute("INSERT INTO profiles (user_id, displayname) VALUES (?, ?)",
                         (user_id, displayname))
+            for hook in self.on_user_registered:
+                hook(txn, user_id)
             if uia_session is not None:
                 _mark_registered(txn, uia_session, user_id)
             return _issue(txn, user_id, login) if login is not None else None
@@ -222,6 +230,33 @@ class AccountStore:
             return self.db.run("register_user", _t, write=True)
         except IntegrityError as e:  # a concurrent registration of the same name
             raise UserInUse(user_id) from e
+
+    def upgrade_guest(self, user_id: str, password_hash: str, *,
+                      login: LoginRequest | None = None,
+                      uia_session: str | None = None) -> Session | None:
+        """Turn a guest account into a full account with a password, keeping its user id,
+        profile, devices and tokens (the tokens stop being guest tokens: cached lookups are
+        dropped after commit); with ``login``, a new device and tokens as for a
+        registration.  Raises :class:`NotAGuest` if the user is not a guest (any more)."""
+        def _t(txn: Txn) -> Session | None:
+            if txn.execute("UPDATE users SET is_guest = 0, password_hash = ?"
+                           " WHERE name = ? AND is_guest = 1", (password_hash, user_id)) != 1:
+                raise NotAGuest(user_id)
+            self._forget_tokens_after_commit(txn, user_id)
+            if uia_session is not None:
+                _mark_registered(txn, uia_session, user_id)
+            return _issue(txn, user_id, login) if login is not None else None
+
+        return self.db.run("upgrade_guest", _t, write=True)
+
+    def guests_in_room(self, room_id: str) -> list[str]:
+        """The guest accounts of this server joined to or invited into ``room_id`` now (the
+        members the server must take out when the room stops admitting guests)."""
+        return self.db.run("guests_in_room", lambda t: [r[0] for r in t.query(
+            "SELECT c.state_key FROM current_state c JOIN users u ON u.name = c.state_key"
+            " WHERE c.room_id = ? AND c.type = 'm.room.member'"
+            " AND c.membership IN ('join', 'invite') AND u.is_guest = 1"
+            " ORDER BY c.state_key", (room_id,))])
 
     def login(self, user_id: str, login: LoginRequest) -> Session:
         """Create (or reuse) the device and issue tokens; old tokens of a reused device die."""

@@ -3,22 +3,38 @@ management", "Current account information", "Server administration"):
 ``GET /account/whoami``, ``POST /account/password``, ``POST /account/deactivate``,
 ``GET /admin/whois/{userId}``.
 
-Password change and deactivation need UIA ``m.login.password``.  Third-party identifiers
-are not supported: ``/account/3pid*`` answer as the spec allows a server without them
-(an empty list; 403 ``M_THREEPID_DENIED`` / ``M_THREEPID_AUTH_FAILED`` for changes).
+Password change and deactivation need UIA ``m.login.password``.
+
+Third-party identifiers ("Adding Account Administrative Contact Information"): this server
+sends no e-mail or SMS, so every ``requestToken`` is refused with the spec's error and a 3PID
+can never be *added* by the homeserver's own validation (``/account/3pid``, ``/add``: 403 /
+400 ``M_THREEPID_AUTH_FAILED``).  What works is the identity server's side:
+``/account/3pid/bind`` asks the identity server named by the client to bind the 3PID it
+validated (its errors are passed on) and records the bind (``store/threepids.py``);
+``GET /account/3pid`` lists the recorded 3PIDs; ``/unbind``, ``/delete`` and deactivation
+ask the identity server to unbind (a request signed by this server, as Synapse does) and
+forget the record.  ``/delete`` never fails because of the identity server (the spec: it
+"might not cause an unbind"); ``/unbind`` passes its errors on.
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
-from flask import Blueprint, Flask, jsonify
+from flask import Blueprint, Flask, jsonify, request
 
 from atrium.config import Config
-from atrium.errors import MatrixError, missing_param
+from atrium.errors import MatrixError, invalid_param, missing_param
+from atrium.identity_client import IdentityClient
 from store.accounts import AccountStore
+from store.threepids import ThreepidStore
 from web.auth import Requester, require_auth
-from web.http import check_type, json_body
-from web.uia import PASSWORD, InteractiveAuth, UIAResult, hash_password, validate_password
+from web.http import check_type, json_body, require
+from web.uia import (PASSWORD, InteractiveAuth, UIAResult, hash_password, storable_text,
+                     validate_password)
+
+log = logging.getLogger(__name__)
 
 PASSWORD_FLOWS = [[PASSWORD]]
 
@@ -82,45 +98,165 @@ def register(app: Flask, runtime: Any) -> None:
         requester = require_auth()
         body = json_body(optional=True)
         check_type(body, "erase", bool)
-        check_type(body, "id_server", str)
+        id_server = check_type(body, "id_server", str)
         sid = password_uia(uia, accounts, requester, body).session_id
+        result = unbind_all(runtime, requester.user_id, id_server)
         accounts.deactivate(requester.user_id, uia_session=sid)
-        return jsonify({"id_server_unbind_result": "no-support"})
+        return jsonify({"id_server_unbind_result": result})
 
-    @bp.get("/_matrix/client/v3/account/3pid")
+    _threepid_routes(bp, runtime)
+    app.register_blueprint(bp)
+
+
+# ---------------------------------------------------------------------------- 3PIDs
+MEDIA = ("email", "msisdn")
+
+
+def identity_client(runtime: Any) -> IdentityClient:
+    """The server's identity-server client (``runtime.parts["identity_client"]``, shared
+    with the 3PID invites and federation/threepid.py), made on first use: addresses are
+    filtered by the federation IP ranges, as Synapse filters identity servers."""
+    client = runtime.parts.get("identity_client")
+    if client is None:
+        from federation.ipfilter import IpFilter
+
+        fc = runtime.config.federation
+        client = IdentityClient.from_config(
+            runtime.config, runtime.signing_key,
+            ip_allowed=IpFilter(fc.ip_range_blacklist, fc.ip_range_whitelist).allowed)
+        runtime.parts["identity_client"] = client
+    return client
+
+
+def _threepid(body: dict[str, Any]) -> tuple[str, str, str | None]:
+    """(medium, address, id_server or None) of an /unbind or /delete body."""
+    medium = require(body, "medium", str)
+    address = storable_text("address", require(body, "address", str))
+    id_server = check_type(body, "id_server", str)
+    if medium not in MEDIA:
+        raise invalid_param(f"'medium' must be one of {', '.join(MEDIA)}")
+    return medium, address, id_server or None
+
+
+def unbind_all(runtime: Any, user_id: str, id_server: str | None) -> str:
+    """Deactivation: unbind each recorded 3PID from ``id_server`` (or the server it was bound
+    on); ``success`` only if there was something to unbind and every unbind worked."""
+    store: ThreepidStore = runtime.parts["threepids"]
+    binds = store.all_binds(user_id)
+    ok = bool(binds)
+    for medium, address, bound_on in binds:
+        try:
+            ok = identity_client(runtime).unbind(id_server or bound_on, user_id, medium,
+                                                 address) and ok
+        except MatrixError as e:
+            ok = False
+            log.info("deactivation of %s: unbind of %s from %s failed: %s", user_id, medium,
+                     id_server or bound_on, e.error)
+    return "success" if ok else "no-support"
+
+
+def _threepid_routes(bp: Blueprint, runtime: Any) -> None:
+    accounts: AccountStore = runtime.parts["accounts"]
+    uia: InteractiveAuth = runtime.parts["uia"]
+    store = runtime.parts["threepids"] = ThreepidStore(runtime.db)
+    accounts.on_user_deactivated.append(ThreepidStore.delete_for_user)
+    identity_client(runtime)
+    P = "/_matrix/client/v3/account"
+
+    @bp.get(f"{P}/3pid")
     def get_3pids() -> Any:
         """GET /_matrix/client/v3/account/3pid"""
-        require_auth()
-        return jsonify({"threepids": []})
+        req = require_auth()
+        return jsonify({"threepids": [t.to_json() for t in store.list(req.user_id)]})
 
-    @bp.post("/_matrix/client/v3/account/3pid/add")
-    @bp.post("/_matrix/client/v3/account/3pid/bind")
-    def add_3pid() -> Any:
-        """POST /_matrix/client/v3/account/3pid/add (and /bind): not supported here"""
-        require_auth()
-        raise MatrixError(403, "M_THREEPID_DENIED",
-                          "Third-party identifiers are not supported on this server")
-
-    @bp.post("/_matrix/client/v3/account/3pid/delete")
-    @bp.post("/_matrix/client/v3/account/3pid/unbind")
-    def delete_3pid() -> Any:
-        """POST /_matrix/client/v3/account/3pid/delete (and /unbind): nothing to remove"""
+    @bp.post(f"{P}/3pid")
+    def post_3pids() -> Any:
+        """POST /_matrix/client/v3/account/3pid (deprecated): the homeserver validated no
+        3PID, and an identity server's word alone does not add one to an account."""
         require_auth()
         body = json_body()
-        for key in ("medium", "address"):
-            if key not in body:
-                raise missing_param(f"Missing '{key}'")
-        return jsonify({"id_server_unbind_result": "no-support"})
+        creds = body.get("three_pid_creds", body.get("threePidCreds"))
+        if creds is None:
+            raise missing_param("Missing 'three_pid_creds'")
+        if not isinstance(creds, dict):
+            raise MatrixError(400, "M_BAD_JSON", "'three_pid_creds' must be an object")
+        for key in ("client_secret", "sid"):
+            require(creds, key, str)
+        raise MatrixError(403, "M_THREEPID_AUTH_FAILED", "The third-party credentials could"
+                          " not be verified: this server validates no third-party identifiers")
 
-    @bp.post("/_matrix/client/v3/account/password/email/requestToken")
-    @bp.post("/_matrix/client/v3/account/password/msisdn/requestToken")
-    @bp.post("/_matrix/client/v3/account/3pid/email/requestToken")
-    @bp.post("/_matrix/client/v3/account/3pid/msisdn/requestToken")
+    @bp.post(f"{P}/3pid/add")
+    def add_3pid() -> Any:
+        """POST /_matrix/client/v3/account/3pid/add: UIA, then no session of ours to add"""
+        req = require_auth()
+        body = json_body()
+        require(body, "client_secret", str)
+        require(body, "sid", str)
+        password_uia(uia, accounts, req, body)
+        raise MatrixError(400, "M_THREEPID_AUTH_FAILED", "No validated 3pid session found:"
+                          " this server sends no validation e-mail or SMS")
+
+    @bp.post(f"{P}/3pid/bind")
+    def bind_3pid() -> Any:
+        """POST /_matrix/client/v3/account/3pid/bind"""
+        req = require_auth()
+        body = json_body()
+        fields = {k: require(body, k, str)
+                  for k in ("client_secret", "id_server", "id_access_token", "sid")}
+        answer = identity_client(runtime).bind(fields["id_server"], fields["id_access_token"],
+                                               fields["sid"], fields["client_secret"],
+                                               req.user_id)
+        now = int(time.time() * 1000)
+        ts = answer.get("ts")
+        validated_at = ts if isinstance(ts, int) and not isinstance(ts, bool) else now
+        store.record_bind(req.user_id, storable_text("medium", answer["medium"]),
+                          storable_text("address", answer["address"]), fields["id_server"],
+                          validated_at, now)
+        return jsonify({})
+
+    @bp.post(f"{P}/3pid/unbind")
+    def unbind_3pid() -> Any:
+        """POST /_matrix/client/v3/account/3pid/unbind"""
+        req = require_auth()
+        medium, address, id_server = _threepid(json_body())
+        servers = [id_server] if id_server else store.id_servers(req.user_id, medium, address)
+        ok = bool(servers)
+        for server in servers:
+            ok = identity_client(runtime).unbind(server, req.user_id, medium, address) and ok
+            store.forget(req.user_id, medium, address, server)
+        return jsonify({"id_server_unbind_result": "success" if ok else "no-support"})
+
+    @bp.post(f"{P}/3pid/delete")
+    def delete_3pid() -> Any:
+        """POST /_matrix/client/v3/account/3pid/delete"""
+        req = require_auth()
+        medium, address, id_server = _threepid(json_body())
+        servers = [id_server] if id_server else store.id_servers(req.user_id, medium, address)
+        ok = bool(servers)
+        for server in servers:
+            try:
+                ok = identity_client(runtime).unbind(server, req.user_id, medium,
+                                                     address) and ok
+            except MatrixError as e:  # IdentityServerError, or a refused address
+                ok = False
+                log.info("3pid delete of %s: unbind from %s failed: %s", req.user_id, server,
+                         e.error)
+        store.forget(req.user_id, medium, address)
+        return jsonify({"id_server_unbind_result": "success" if ok else "no-support"})
+
+    @bp.post(f"{P}/3pid/email/requestToken")
+    @bp.post(f"{P}/3pid/msisdn/requestToken")
+    @bp.post(f"{P}/password/email/requestToken")
+    @bp.post(f"{P}/password/msisdn/requestToken")
     @bp.post("/_matrix/client/v3/register/email/requestToken")
     @bp.post("/_matrix/client/v3/register/msisdn/requestToken")
     def request_3pid_token() -> Any:
-        """POST /_matrix/client/v3/…/requestToken: this server sends no e-mail or SMS"""
-        raise MatrixError(400, "M_THREEPID_DENIED",
-                          "Third-party identifiers are not supported on this server")
-
-    app.register_blueprint(bp)
+        """POST /_matrix/client/v3/…/requestToken: this server sends no e-mail or SMS.
+        Adding to an account: 400 M_THREEPID_MEDIUM_NOT_SUPPORTED; registration and password
+        reset: 403 M_THREEPID_DENIED (each the spec's error for that endpoint)"""
+        if request.path.startswith(f"{P}/3pid/"):
+            raise MatrixError(400, "M_THREEPID_MEDIUM_NOT_SUPPORTED", "This server does not"
+                              " add third-party identifiers to accounts: it sends no e-mail"
+                              " or SMS")
+        raise MatrixError(403, "M_THREEPID_DENIED", "Third-party identifiers are not"
+                          " supported on this server: it sends no e-mail or SMS")

@@ -61,6 +61,9 @@ def _register_rooms(app: Flask, runtime: Any) -> None:
     runtime.parts["directory"] = DirectoryStore(runtime.db)  # directory
     directory.register(app, runtime)  # directory
     room_upgrade.register(app, runtime)  # directory
+    from web import guest_access  # guest access: joins' check, evicting guests
+
+    guest_access.register(app, runtime)  # guest access
     from web import space_hierarchy  # spaces: the client's /hierarchy (remote rooms too)
 
     space_hierarchy.register(app, runtime)

@@ -37,9 +37,13 @@ def token_from(header: str | None, query_token: str | None) -> str | None:
 
 
 def require_auth(*, allow_guest: bool = False) -> Requester:
-    """The authenticated user of this request, or a 401/403 Matrix error."""
+    """The authenticated user of this request, or a 401/403 Matrix error (403
+    ``M_GUEST_ACCESS_FORBIDDEN`` for a guest unless ``allow_guest``: client-server-api
+    "Guest Access" lists what guests may call)."""
     cached = getattr(g, "requester", None)
     if cached is not None:
+        if cached.is_guest and not allow_guest:   # a second check in the same request
+            raise _guest_forbidden()
         return cached
     accounts: AccountStore = current_app.extensions["atrium"].parts["accounts"]
     req = authenticate(accounts, extract_token(), allow_guest=allow_guest)
@@ -58,8 +62,12 @@ def authenticate(accounts: AccountStore, token: str | None, *,
     if info.expires_ts is not None and info.expires_ts <= now_ms():
         raise MatrixError(401, "M_UNKNOWN_TOKEN", "Access token has expired", soft_logout=True)
     if info.is_guest and not allow_guest:
-        raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access not allowed")
+        raise _guest_forbidden()
     return Requester(info.user_id, info.device_id, info.is_admin, info.is_guest, info.token_hash)
+
+
+def _guest_forbidden() -> MatrixError:
+    return MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access not allowed")
 
 
 def require_admin() -> Requester:

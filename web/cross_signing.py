@@ -54,7 +54,7 @@ def register(app: Flask, runtime: Any) -> None:
     @bp.post(f"{P}/keys/signatures/upload")
     def signatures_upload() -> Any:
         """POST /_matrix/client/v3/keys/signatures/upload"""
-        req = require_auth()
+        req = require_auth(allow_guest=True)
         body = json_body()
         if sum(len(v) if isinstance(v, dict) else 1 for v in body.values()) > MAX_SIGNED_KEYS:
             raise MatrixError(400, "M_INVALID_PARAM", f"At most {MAX_SIGNED_KEYS} keys")

@@ -30,13 +30,13 @@ def register(app: Flask, runtime: Any) -> None:
     @bp.get("/_matrix/client/v3/devices")
     def list_devices() -> Any:
         """GET /_matrix/client/v3/devices"""
-        requester = require_auth()
+        requester = require_auth(allow_guest=True)
         return jsonify({"devices": [_shape(d) for d in accounts.list_devices(requester.user_id)]})
 
     @bp.get("/_matrix/client/v3/devices/<device_id>")
     def get_device(device_id: str) -> Any:
         """GET /_matrix/client/v3/devices/{deviceId}"""
-        requester = require_auth()
+        requester = require_auth(allow_guest=True)
         device = accounts.get_device(requester.user_id, device_id)
         if device is None:
             raise not_found("No device with that ID")
@@ -45,7 +45,7 @@ def register(app: Flask, runtime: Any) -> None:
     @bp.put("/_matrix/client/v3/devices/<device_id>")
     def put_device(device_id: str) -> Any:
         """PUT /_matrix/client/v3/devices/{deviceId}"""
-        requester = require_auth()
+        requester = require_auth(allow_guest=True)
         body = json_body()
         name = check_type(body, "display_name", str)
         if name is not None and len(name) > MAX_DEVICE_NAME:

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def register(app: Flask, runtime: Any) -> None:
     from federation import (client, edus_out, hierarchy, inbound, key_server, keyring, media,
                             membership, pdu_out, pdus, queries, request_auth, room_queries,
-                            sender)
+                            sender, threepid)
     from web import admin_federation  # the operator's view (empty while federation is off)
 
     config = runtime.config
@@ -42,10 +42,11 @@ def register(app: Flask, runtime: Any) -> None:
     fed.client.backing_off = fed.sender.backing_off
     fed.verifier.on_origin_seen = fed.sender.wake
     # order: inbound before edus_out (it extends the EDU handlers), room queries before
-    # membership and the PDU pipeline (they share its reads), pdu_out last (its hook runs
-    # after every other on_persisted hook)
+    # membership and the PDU pipeline (they share its reads), 3PID invites after membership
+    # (they relay through its hook), pdu_out last (its hook runs after every other
+    # on_persisted hook)
     for mod in (key_server, inbound, queries, edus_out, media, hierarchy, room_queries,
-                membership, pdus, pdu_out):
+                membership, pdus, threepid, pdu_out):
         mod.install(app, fed, parts)
     # before the store closes (hooks run in reverse): pending device-list fan-out, resyncs
     # of remote device lists and room EDUs get a moment to finish

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from flask import Blueprint, Flask, jsonify
 
 from atrium.config import Config
-from atrium.errors import bad_json, forbidden, invalid_param, missing_param, not_found
+from atrium.errors import forbidden, invalid_param, missing_param, not_found
 from protocol.ids import is_valid_user_id
 from store.accounts import AccountStore
 from web.auth import require_auth
@@ -32,15 +32,15 @@ ProfileListener = Callable[[str, str, "str | None"], None]
 
 
 def validate_field(field: str, value: Any) -> str | None:
-    """A field's new value (None clears it); 400 for a bad type, length or URI."""
+    """A field's new value (None or "" clears it); 400 ``M_INVALID_PARAM`` for a value that
+    is not a string (as Synapse) or is too long.  Like Synapse, ``avatar_url`` is any string
+    (the spec asks clients for an MXC URI; bridges and bots set others and depend on it)."""
     if value is None:
         return None
     if not isinstance(value, str):
-        raise bad_json(f"'{field}' must be a string")
+        raise invalid_param(f"'{field}' must be a string")
     if len(value) > MAX_LENGTH[field]:
         raise invalid_param(f"'{field}' may be at most {MAX_LENGTH[field]} characters")
-    if field == "avatar_url" and value and not value.startswith("mxc://"):
-        raise invalid_param("'avatar_url' must be an mxc:// URI")
     return storable_text(field, value) or None
 
 
@@ -89,7 +89,7 @@ def register(app: Flask, runtime: Any) -> None:
     @bp.put("/_matrix/client/v3/profile/<user_id>/<any(displayname, avatar_url):field>")
     def put_field(user_id: str, field: str) -> Any:
         """PUT /_matrix/client/v3/profile/{userId}/{displayname|avatar_url}"""
-        requester = require_auth()
+        requester = require_auth(allow_guest=field == "displayname")  # guests: displayname only
         if requester.user_id != user_id:
             raise forbidden("You can only change your own profile")
         body = json_body()
@@ -103,7 +103,7 @@ def register(app: Flask, runtime: Any) -> None:
     @bp.delete("/_matrix/client/v3/profile/<user_id>/<any(displayname, avatar_url):field>")
     def delete_field(user_id: str, field: str) -> Any:
         """DELETE /_matrix/client/v3/profile/{userId}/{displayname|avatar_url}"""
-        requester = require_auth()
+        requester = require_auth(allow_guest=field == "displayname")  # guests: displayname only
         if requester.user_id != user_id:
             raise forbidden("You can only change your own profile")
         accounts.set_profile_field(user_id, field, None)

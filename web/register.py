@@ -6,7 +6,14 @@ Open registration needs ``enable_registration`` and either
 ``enable_registration_without_verification`` (flow ``m.login.dummy``) or
 ``registration_requires_token`` (flow ``m.login.registration_token``); like Synapse, open
 registration with neither is refused, since this server cannot verify e-mail or phone.
-Guest registration is not offered (403 ``M_GUEST_ACCESS_FORBIDDEN``).
+
+Guests (client-server-api "Guest Access"): ``kind=guest`` needs ``allow_guest_access``
+(else 403 ``M_GUEST_ACCESS_FORBIDDEN``), runs no User-Interactive Auth and ignores every body
+field but ``initial_device_display_name``; the guest gets a generated numeric user id, a
+fresh device and an access token.  A guest becomes a full account through the ordinary
+``kind=user`` flow with ``guest_access_token`` (its access token) in the body: the same user
+id (``username``, if given, must be the guest's localpart), now with a password, keeping
+its profile, devices and rooms — as Synapse does.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from flask import Blueprint, Flask, jsonify, request
 
 from atrium.config import Config
 from atrium.errors import MatrixError, forbidden, invalid_param, missing_param
-from store.accounts import AccountStore, LoginRequest, Session, UserInUse
+from store.accounts import AccountStore, LoginRequest, NotAGuest, Session, UserInUse, now_ms
 from web.http import check_type, json_body
 from web.uia import (DUMMY, REGISTRATION_TOKEN, AuthRequired, InteractiveAuth,
                      hash_password, storable_text, validate_password)
@@ -59,20 +66,37 @@ def check_username(localpart: str, server_name: str) -> str:
     return user_id
 
 
-def _registered_by_session(accounts: AccountStore, body: dict[str, Any]) -> str | None:
-    """The user a completed registration session (``auth.session``) already created."""
+def _session_params(accounts: AccountStore, body: dict[str, Any]) -> dict[str, Any]:
+    """What this registration's UIA session (``auth.session``) remembers: the user it
+    already created (``registered_user_id``), the guest it upgrades (``guest_user_id``)."""
     auth = body.get("auth")
     sid = auth.get("session") if isinstance(auth, dict) else None
     if not isinstance(sid, str) or not sid or "\x00" in sid:
-        return None
+        return {}
     try:
         session = accounts.get_uia_session(sid)
     except UnicodeEncodeError:
-        return None
+        return {}
     if session is None or session.uri != request.path:
-        return None
-    done = session.params.get("registered_user_id")
-    return done if isinstance(done, str) else None
+        return {}
+    return session.params
+
+
+def _str(params: dict[str, Any], key: str) -> str | None:
+    v = params.get(key)
+    return v if isinstance(v, str) else None
+
+
+def guest_to_upgrade(accounts: AccountStore, token: Any) -> str:
+    """The guest a ``guest_access_token`` proves to be (403 ``M_FORBIDDEN`` unless it is a
+    live guest token)."""
+    if not isinstance(token, str) or not token:
+        raise invalid_param("'guest_access_token' must be a string")
+    info = accounts.get_token(token) if "\x00" not in token else None
+    if info is None or info.deactivated or not info.is_guest or (
+            info.expires_ts is not None and info.expires_ts <= now_ms()):
+        raise forbidden("guest_access_token is not the access token of a guest account")
+    return info.user_id
 
 
 def user_in_use() -> MatrixError:
@@ -127,12 +151,36 @@ def register(app: Flask, runtime: Any) -> None:
                 return candidate
         raise MatrixError(500, "M_UNKNOWN", "Could not generate a user id")
 
+    def register_guest() -> Any:
+        """POST /register?kind=guest: only ``initial_device_display_name`` is read."""
+        if not config.allow_guest_access:
+            raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled")
+        _ratelimit(update=False)
+        body = json_body(optional=True)
+        display = body.get("initial_device_display_name")
+        if not isinstance(display, str) or "\x00" in display:
+            display = None
+        login = LoginRequest(display_name=display[:100] if display else None,
+                             ip=request.remote_addr,
+                             user_agent=request.headers.get("User-Agent"))
+        _ratelimit(update=True)
+        for _ in range(3):  # a generated id taken between the check and the insert: retry
+            user_id = _generate_user_id()
+            try:
+                session = accounts.register_user(user_id, None, guest=True, login=login,
+                                                 displayname=user_id[1:].split(":", 1)[0])
+            except UserInUse:
+                continue
+            assert session is not None
+            return jsonify(session_response(session, config.server_name))
+        raise MatrixError(500, "M_UNKNOWN", "Could not generate a user id")
+
     @bp.post("/_matrix/client/v3/register")
     def post_register() -> Any:
         """POST /_matrix/client/v3/register"""
         kind = request.args.get("kind", "user")
         if kind == "guest":
-            raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled")
+            return register_guest()
         if kind != "user":
             raise invalid_param(f"Unknown registration kind {kind!r}")
         _ratelimit(update=False)
@@ -140,9 +188,26 @@ def register(app: Flask, runtime: Any) -> None:
         if flows is None:
             raise forbidden("Registration has been disabled")
         body = json_body()
-        done = _registered_by_session(accounts, body)
+        remembered = _session_params(accounts, body)
+        done, guest_id = _str(remembered, "registered_user_id"), _str(remembered, "guest_user_id")
         username = check_type(body, "username", str)
-        if username is not None:
+        # an upgrade proves itself with the guest's token once; the session remembers the
+        # guest's id for later rounds (the token itself is never stored)
+        guest_token = body.pop("guest_access_token", None)
+        if guest_token is not None and done is None:
+            proven = guest_to_upgrade(accounts, guest_token)
+            if guest_id is not None and proven != guest_id:
+                raise MatrixError(400, "M_UNKNOWN", "This session upgrades another guest")
+            guest_id = proven
+        if guest_id is not None:
+            if username is not None and \
+                    username.lower() != guest_id[1:].split(":", 1)[0]:
+                raise forbidden("Cannot register taken user ID without valid guest"
+                                " credentials for that user.")
+            if done is not None and guest_id != done:
+                raise MatrixError(400, "M_UNKNOWN", "A different user ID has already been"
+                                  " registered for this session")
+        elif username is not None:
             user_id = check_username(username, config.server_name)
             if done is not None and user_id != done:
                 raise MatrixError(400, "M_UNKNOWN", "A different user ID has already been"
@@ -161,9 +226,13 @@ def register(app: Flask, runtime: Any) -> None:
             # remember the password (hashed) with the session: later rounds may send only
             # ``auth`` (sytest "registration remembers parameters")
             sid = e.body.get("session")
-            if isinstance(password, str) and isinstance(sid, str):
-                accounts.update_uia_params(sid, {"password_hash": hash_password(
-                    password, config.bcrypt_rounds)})
+            remember: dict[str, Any] = {}
+            if isinstance(password, str):
+                remember["password_hash"] = hash_password(password, config.bcrypt_rounds)
+            if guest_id is not None:
+                remember["guest_user_id"] = guest_id
+            if remember and isinstance(sid, str):
+                accounts.update_uia_params(sid, remember)
             raise
         # the parameters of the session's first request, overridden by this one's
         params = result.clientdict
@@ -174,9 +243,14 @@ def register(app: Flask, runtime: Any) -> None:
             # this session registered a user already: the same answer again (as Synapse)
             session = None if inhibit else accounts.login(done, login)
             return _answer(done, session)
+        guest_id = guest_id or _str(result.params, "guest_user_id")
         username = check_type(params, "username", str)
-        user_id = (check_username(username, config.server_name) if username is not None
-                   else _generate_user_id())
+        if guest_id is not None:
+            user_id = guest_id
+        elif username is not None:
+            user_id = check_username(username, config.server_name)
+        else:
+            user_id = _generate_user_id()
         if params.get("password") is not None:
             password_hash = hash_password(validate_password(params["password"]),
                                           config.bcrypt_rounds)
@@ -185,6 +259,14 @@ def register(app: Flask, runtime: Any) -> None:
         else:
             raise missing_param("Missing params: password")
         _ratelimit(update=True)
+        if guest_id is not None:
+            try:
+                session = accounts.upgrade_guest(guest_id, password_hash,
+                                                 login=None if inhibit else login,
+                                                 uia_session=result.session_id)
+            except NotAGuest:
+                raise forbidden("This account is not a guest account any more") from None
+            return _answer(guest_id, session)
         try:
             session = accounts.register_user(user_id, password_hash,
                                              displayname=user_id[1:].split(":", 1)[0],

@@ -10,6 +10,7 @@ from atrium.errors import MatrixError
 from protocol.ids import is_valid_room_id
 from web.auth import Requester, require_auth
 from web.client_events import client_event
+from web.guest_access import guest_member_state
 from web.http import json_body
 from web.room_service import RoomService
 
@@ -45,9 +46,12 @@ def register(app: Flask, runtime: Any) -> None:
         return jsonify({"event_id": sent.event_id})
 
     @bp.put(f"{P}/rooms/<room_id>/send/<event_type>/<txn_id>")
-    def send_message(room_id: str, event_type: str, txn_id: str) -> Any:
-        """PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}"""
-        req = require_auth()
+    @bp.post(f"{P}/rooms/<room_id>/send/<event_type>", defaults={"txn_id": None})
+    def send_message(room_id: str, event_type: str, txn_id: str | None) -> Any:
+        """PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}; and POST without
+        a transaction id (not in the spec; Synapse serves it and clients use it): a new
+        event each time"""
+        req = require_auth(allow_guest=True)
         content = json_body()
         if event_type == "m.room.redaction":
             redacts = content.get("redacts")
@@ -74,12 +78,14 @@ def register(app: Flask, runtime: Any) -> None:
     @bp.put(f"{P}/rooms/<room_id>/state/<event_type>/<path:state_key>")
     def put_state(room_id: str, event_type: str, state_key: str) -> Any:
         """PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}"""
-        req = require_auth()
+        req = require_auth(allow_guest=True)
         content = json_body()
         if event_type == "m.room.member":
             m = content.get("membership")
             if not isinstance(m, str):
                 raise MatrixError(400, "M_BAD_JSON", "membership must be a string")
+            if req.is_guest:
+                content = guest_member_state(svc, req, room_id, state_key, content)
         if event_type == "m.room.canonical_alias" and state_key == "":
             from web.directory import validate_canonical_alias
 

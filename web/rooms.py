@@ -22,6 +22,7 @@ from flask import Blueprint, Flask, g, jsonify
 from atrium.errors import MatrixError
 from protocol.ids import is_valid_room_alias, is_valid_room_id, is_valid_user_id, server_of
 from web.auth import Requester, require_auth
+from web.guest_access import guest_join_content
 from web.http import check_type, json_body, require
 from web.room_service import RoomService
 
@@ -85,6 +86,9 @@ def register(app: Flask, runtime: Any) -> None:
         req = require_auth()
         body = json_body()
         rv = svc.resolve_room_version(body.get("room_version"))
+        from web.third_party_invite import invite_3pid, parse_invite_3pid
+
+        invites_3pid = parse_invite_3pid(body)
         plan = plan_room(rv, req.user_id, config.server_name, body,
                          creator_profile=get_profile(svc, req.user_id))
         if plan.alias is not None and svc.db.run("alias_taken", lambda t: t.query_value(
@@ -112,6 +116,14 @@ def register(app: Flask, runtime: Any) -> None:
                 invite_remote(req, room_id, invitee, content)
             except MatrixError as e:  # the room exists: a failed remote invite is logged
                 log.info("createRoom %s: invite of %s failed: %s", room_id, invitee, e.error)
+        for inv in invites_3pid:  # after the room is made, as Synapse (failures logged)
+            try:
+                bound = invite_3pid(runtime, req, room_id, inv)
+                if bound is not None and svc.membership(room_id, bound)[0] is None:
+                    membership(req, room_id, bound, "invite", {},
+                               {"is_direct": True} if body.get("is_direct") is True else None)
+            except MatrixError as e:
+                log.info("createRoom %s: 3pid invite failed: %s", room_id, e.error)
         return jsonify({"room_id": room_id})
 
     # ------------------------------------------------------------------ other servers
@@ -214,6 +226,7 @@ def register(app: Flask, runtime: Any) -> None:
     def do_join(req: Requester, room_id_or_alias: str) -> Any:
         body = json_body(optional=True)
         room_id, servers = resolve_target(unquote(room_id_or_alias))
+        extra = guest_join_content(svc, req, room_id)  # 403 for guests unless can_join
         rv = svc.room_version(room_id)
         j = joins()
         remote = candidates(room_id, req.user_id, servers) \
@@ -223,13 +236,13 @@ def register(app: Flask, runtime: Any) -> None:
             current = svc.membership(room_id, req.user_id)[0] if rv is not None else None
             if current == "join":
                 return jsonify({"room_id": room_id})
-            j.join(room_id, req.user_id, remote, membership_content(req, body, "join"))
+            j.join(room_id, req.user_id, remote,
+                   {**membership_content(req, body, "join"), **(extra or {})})
             return jsonify({"room_id": room_id})
         ratelimiter.check("join", req.user_id, config.rc_joins_local)
         if rv is None:
             raise MatrixError(404, "M_NOT_FOUND", "No known servers to join this room through")
         current, _ = svc.membership(room_id, req.user_id)
-        extra = None
         if current == "join":
             return jsonify({"room_id": room_id})
         membership(req, room_id, req.user_id, "join", body, extra)
@@ -238,12 +251,12 @@ def register(app: Flask, runtime: Any) -> None:
     @bp.post(f"{P}/join/<path:room_id_or_alias>")
     def join_any(room_id_or_alias: str) -> Any:
         """POST /_matrix/client/v3/join/{roomIdOrAlias}"""
-        return do_join(require_auth(), room_id_or_alias)
+        return do_join(require_auth(allow_guest=True), room_id_or_alias)
 
     @bp.post(f"{P}/rooms/<room_id>/join")
     def join_room(room_id: str) -> Any:
         """POST /_matrix/client/v3/rooms/{roomId}/join"""
-        return do_join(require_auth(), room_id)
+        return do_join(require_auth(allow_guest=True), room_id)
 
     @bp.post(f"{P}/knock/<path:room_id_or_alias>")
     def knock(room_id_or_alias: str) -> Any:
@@ -263,7 +276,7 @@ def register(app: Flask, runtime: Any) -> None:
     @bp.post(f"{P}/rooms/<room_id>/leave")
     def leave(room_id: str) -> Any:
         """POST /_matrix/client/v3/rooms/{roomId}/leave"""
-        req = require_auth()
+        req = require_auth(allow_guest=True)
         body = json_body(optional=True)
         check_room_id(room_id)
         current, _ = svc.membership(room_id, req.user_id)
@@ -292,10 +305,19 @@ def register(app: Flask, runtime: Any) -> None:
         """POST /_matrix/client/v3/rooms/{roomId}/invite"""
         req = require_auth()
         body = json_body()
-        target = valid_target(require(body, "user_id", str))
-        if "id_server" in body or "medium" in body:
-            raise MatrixError(400, "M_INVALID_PARAM", "Third-party invites are not supported")
-        ratelimiter.check("invite_room", room_id, config.rc_invites_per_room)
+        if "medium" in body and "address" in body:  # by third-party identifier, as Synapse
+            from web.third_party_invite import invite_3pid, parse_invite
+
+            inv = parse_invite(body)
+            check_room_id(room_id)
+            ratelimiter.check("invite_room", room_id, config.rc_invites_per_room)
+            bound = invite_3pid(runtime, req, room_id, inv)
+            if bound is None:  # an m.room.third_party_invite is in the room
+                return jsonify({})
+            target = bound
+        else:
+            target = valid_target(require(body, "user_id", str))
+            ratelimiter.check("invite_room", room_id, config.rc_invites_per_room)
         ratelimiter.check("invite_user", target, config.rc_invites_per_user)
         current, _ = svc.membership(room_id, target) if is_valid_room_id(room_id) else (None, 0)
         if current == "invite":

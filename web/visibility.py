@@ -11,6 +11,10 @@ Rules, applied with the state of the room *at the event* (the state before it; f
 4. ``invited``, and the user's membership was ``invite``: allowed;
 5. otherwise denied.
 
+Guests follow the same rules.  Users who never joined (guests or not) read a room only while
+it is world-readable (``require_readable`` for timelines, ``visible_state_ids`` for state),
+and then see what rule 1 allows: history from before it turned world-readable stays hidden.
+
 A page of events is checked with one :class:`Visibility` per request: each state group of the
 page is resolved once (only the two keys that matter), membership contents are fetched in one
 batch, and the results are cached for the rest of the request.
@@ -53,6 +57,16 @@ class Visibility:
     def can_see(self, se: StoredEvent) -> bool:
         return bool(self.filter([se]))
 
+    def readable_at(self, room_id: str, group: int, stream: int) -> bool:
+        """Whether the user may see the room as it stood at stream position ``stream``,
+        in state group ``group`` (the state after its last event there): the rules above
+        applied to that point of the timeline (``/members`` and ``/state`` with ``at``)."""
+        if group not in self._groups:
+            self._groups.update(self.reads.state_keys_at([group], self._keys))
+        state = self._groups.get(group, {})
+        self._load(room_id, state.values())
+        return self._rule_at(room_id, stream, None, state)
+
     # ------------------------------------------------------------------ internals
     def _prepare(self, ses: Sequence[StoredEvent]) -> None:
         missing = {se.state_group for se in ses
@@ -66,10 +80,19 @@ class Visibility:
             replaced = (se.event.get("unsigned") or {}).get("replaces_state")
             if isinstance(replaced, str) and self._state_key(se) in self._keys:
                 ids.add(replaced)
-            if se.room_id not in self._last_join:
-                joins = self.reads.join_positions(se.room_id, self.user_id)
-                self._last_join[se.room_id] = joins[-1] if joins else None
-        todo = [e for e in ids if e not in self._content]
+        for room_id in {se.room_id for se in ses}:
+            self._load(room_id, ())
+        self._load_contents(ids)
+
+    def _load(self, room_id: str, ids: Iterable[str]) -> None:
+        """The user's last join to ``room_id`` and the contents of ``ids``, unless known."""
+        if room_id not in self._last_join:
+            joins = self.reads.join_positions(room_id, self.user_id)
+            self._last_join[room_id] = joins[-1] if joins else None
+        self._load_contents(ids)
+
+    def _load_contents(self, ids: Iterable[str]) -> None:
+        todo = [e for e in set(ids) if e not in self._content]
         if todo:
             got = self.events.get_events(todo)
             for eid in todo:
@@ -96,6 +119,13 @@ class Visibility:
         return self._rule(se, before) or self._rule(se, after)
 
     def _rule(self, se: StoredEvent, state: dict[StateKey, str]) -> bool:
+        return self._rule_at(se.room_id, se.stream_ordering, int(se.event.get("depth", 0)),
+                             state)
+
+    def _rule_at(self, room_id: str, stream: int, depth: int | None,
+                 state: dict[StateKey, str]) -> bool:
+        """The five rules for an event (or a point of the timeline: ``depth`` None) at
+        ``stream`` with ``state`` around it."""
         hv_id = state.get(HV)
         vis = self._content.get(hv_id, {}).get("history_visibility") if hv_id else None
         if vis not in _VALUES:
@@ -107,14 +137,13 @@ class Visibility:
         if membership == "join":
             return True
         if vis == "shared":
-            last_join = self._last_join.get(se.room_id)
+            last_join = self._last_join.get(room_id)
             if last_join is None:
                 return False
             # "joined at some point after the event": by stream position for what arrived
             # in order, by DAG depth for history backfilled from other servers after the
             # join (it gets later stream positions but comes before the join in the DAG)
-            return last_join[0] >= se.stream_ordering or \
-                int(se.event.get("depth", 0)) < last_join[1]
+            return last_join[0] >= stream or (depth is not None and depth < last_join[1])
         return vis == "invited" and membership == "invite"
 
 
@@ -169,17 +198,27 @@ def state_ids_at_stream(svc: RoomService, room_id: str, stream: int) -> dict[Sta
 def visible_state_ids(svc: RoomService, user_id: str, room_id: str,
                       at: str | None = None) -> dict[StateKey, str]:
     """The room state the user may read (client-server-api "Room state", /members ``at``):
-    current state (or state at ``at``) while joined or for a world-readable room; for a user
-    who left or was banned, the state at their leave (or at ``at`` if earlier)."""
+    current state while joined, and for anyone (guests too, never joined or not) while the
+    room is world-readable; for a user who left or was banned, the state at their leave.
+    With ``at``, the state at that point (no later than the leave), if the history
+    visibility rules let the user see the room at that point — else 403, as Synapse."""
     at_stream = stream_of_token(at) if at is not None else None
     membership, member_eid = svc.membership(room_id, user_id)
     current = svc.events.get_current_state_ids(room_id)
-    if membership == "join" or history_visibility(svc, current) == "world_readable":
-        return current if at_stream is None else state_ids_at_stream(svc, room_id, at_stream)
-    if membership in ("leave", "ban") and member_eid is not None:
-        se = svc.events.get_event(member_eid)
-        if se is not None:
-            if at_stream is not None and at_stream < se.stream_ordering:
-                return state_ids_at_stream(svc, room_id, at_stream)
-            return state_at(svc, se)
-    raise MatrixError(403, "M_FORBIDDEN", "You are not allowed to view this room's state")
+    if membership != "join" and history_visibility(svc, current) != "world_readable":
+        left = svc.events.get_event(member_eid) \
+            if membership in ("leave", "ban") and member_eid is not None else None
+        if left is None:
+            raise MatrixError(403, "M_FORBIDDEN", "You are not allowed to view this room's"
+                              " state")
+        if at_stream is None or at_stream >= left.stream_ordering:
+            return state_at(svc, left)
+    if at_stream is None:
+        return current
+    group = RoomReads(svc.db).state_group_at(room_id, at_stream)
+    if group is None:
+        return {}
+    if not Visibility(svc.events, user_id).readable_at(room_id, group, at_stream):
+        raise MatrixError(403, "M_FORBIDDEN", "You are not allowed to view the room's state"
+                          " at that point")
+    return svc.state_groups.get_state(group)

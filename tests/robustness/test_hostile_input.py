@@ -77,7 +77,8 @@ def is_federation_route(rule: str) -> bool:
 
 
 #: federation routes that answer without a signature (spec)
-UNSIGNED_FEDERATION = {"federation_queries.version", "federation_queries.openid_userinfo"}
+UNSIGNED_FEDERATION = {"federation_queries.version", "federation_queries.openid_userinfo",
+                       "federation_threepid.onbind"}  # called by identity servers
 
 
 def trust_remote(world: "World") -> None:

@@ -120,11 +120,11 @@ def test_threepid_endpoints(client, account):
     assert client.get("/_matrix/client/v3/account/3pid", headers=a["headers"]).json == {
         "threepids": []}
     r = client.post("/_matrix/client/v3/account/3pid/add", headers=a["headers"], json={})
-    assert r.status_code == 403 and r.json["errcode"] == "M_THREEPID_DENIED"
+    assert r.status_code == 400 and r.json["errcode"] == "M_MISSING_PARAM"
     r = client.post("/_matrix/client/v3/account/3pid/delete", headers=a["headers"],
                     json={"medium": "email", "address": "a@b"})
     assert r.status_code == 200
     r = client.post("/_matrix/client/v3/account/3pid/delete", headers=a["headers"], json={})
     assert r.status_code == 400 and r.json["errcode"] == "M_MISSING_PARAM"
     r = client.post("/_matrix/client/v3/register/email/requestToken", json={})
-    assert r.status_code == 400 and r.json["errcode"] == "M_THREEPID_DENIED"
+    assert r.status_code == 403 and r.json["errcode"] == "M_THREEPID_DENIED"

@@ -63,10 +63,10 @@ def test_cannot_change_someone_elses_profile(client, account):
 def test_validation(client, account):
     a = account("alice")
     url = f"{P}/{a['user_id']}"
-    cases = [("displayname", {"displayname": 5}, "M_BAD_JSON"),
+    cases = [("displayname", {"displayname": 5}, "M_INVALID_PARAM"),  # as Synapse
              ("displayname", {"displayname": "x" * 257}, "M_INVALID_PARAM"),
              ("displayname", {}, "M_MISSING_PARAM"),
-             ("avatar_url", {"avatar_url": "http://x/y"}, "M_INVALID_PARAM"),
+             ("avatar_url", {"avatar_url": 5}, "M_INVALID_PARAM"),
              ("avatar_url", {"avatar_url": "mxc://" + "x" * 1000}, "M_INVALID_PARAM")]
     for field, body, code in cases:
         r = client.put(f"{url}/{field}", headers=a["headers"], json=body)
