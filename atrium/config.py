@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 from atrium.federation_config import FederationConfig, parse_federation_config
+from atrium.server_notices_config import ServerNoticesConfig, parse_server_notices_config
+from atrium.url_preview_config import UrlPreviewConfig, parse_url_preview_config
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,10 @@ class Config:
     # outbound HTTPS to push gateways / identity servers without certificate checks (Synapse's
     # key; only for test set-ups with a private CA)
     use_insecure_ssl_client_just_for_testing_do_not_use: bool = False
+    # URL previews and server notices (issue 16; atrium/url_preview_config.py,
+    # atrium/server_notices_config.py)
+    url_preview: UrlPreviewConfig = field(default_factory=UrlPreviewConfig)
+    server_notices: ServerNoticesConfig | None = None
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -371,6 +377,8 @@ def parse_config(raw: Any, path: str = "<memory>", base_dir: str | None = None) 
         allow_guest_access=_bool(raw, "allow_guest_access", False),
         use_insecure_ssl_client_just_for_testing_do_not_use=_bool(
             raw, "use_insecure_ssl_client_just_for_testing_do_not_use", False),
+        url_preview=parse_url_preview_config(raw, ConfigError),
+        server_notices=parse_server_notices_config(raw, ConfigError),
     )
 
 

@@ -27,8 +27,14 @@ def register_all(app: Flask, runtime: Any) -> None:
     runtime.parts["tracer"] = Tracer(capacity=runtime.config.trace_capacity,
                                      jsonl_path=runtime.config.trace_jsonl_path)
     media.register(app, runtime)  # media
+    from web import url_preview  # URL previews: fetched through the media area's store
+
+    url_preview.register(app, runtime)
     _register_rooms(app, runtime)
     _register_sync(app, runtime)
+    from web import server_notices  # server notices: rooms and user actors (tags)
+
+    server_notices.register(app, runtime)
     _register_push(app, runtime)  # push
     _register_e2ee(app, runtime)  # e2ee
     # last of the room hooks: the /syncs it wakes run after what the others scheduled
@@ -67,6 +73,9 @@ def _register_rooms(app: Flask, runtime: Any) -> None:
     from web import space_hierarchy  # spaces: the client's /hierarchy (remote rooms too)
 
     space_hierarchy.register(app, runtime)
+    from web import room_summary  # room previews: /room_summary (remote rooms too)
+
+    room_summary.register(app, runtime)
     from web import timestamp_lookup  # /timestamp_to_event (asks other servers too)
 
     timestamp_lookup.register(app, runtime)

@@ -59,6 +59,7 @@ PUBLIC = {
     "directory.get_public_rooms", "directory.get_visibility", "profile.get_profile",
     "profile.get_field", "media.download", "media.download_named", "media.thumbnail",
     "media.config", "static",
+    "room_summary", "room_summary_unstable",  # optional auth (room_summary.yaml: MAY)
 }
 
 # Tables a *rejected* request may legitimately see change: a UIA 401 opens a session; push
