@@ -223,10 +223,29 @@ def register(app: Flask, runtime: Any) -> None:
             content.update(get_profile(svc, req.user_id))
         return content
 
+    def third_party_signed(req: Requester, room_id: str, body: dict[str, Any]) -> None:
+        """``third_party_signed`` (client-server-api ``/join``): the identity server's signed
+        association turns the room's third-party invite into the user's invite first."""
+        signed = body.get("third_party_signed")
+        if signed is None:
+            return
+        if not isinstance(signed, dict) or not isinstance(signed.get("sender"), str):
+            raise MatrixError(400, "M_BAD_JSON",
+                              "'third_party_signed' must be an object with a sender")
+        fed = runtime.parts.get("federation")
+        tp = fed.extras.get("threepid") if fed is not None else None
+        if tp is None:
+            raise MatrixError(403, "M_FORBIDDEN", "Third-party invites are not available")
+        from federation.threepid import check_signed
+
+        tp.exchange(room_id, signed["sender"], req.user_id, check_signed(signed, req.user_id))
+
     def do_join(req: Requester, room_id_or_alias: str) -> Any:
         body = json_body(optional=True)
         room_id, servers = resolve_target(unquote(room_id_or_alias))
         extra = guest_join_content(svc, req, room_id)  # 403 for guests unless can_join
+        if isinstance(body, dict) and svc.membership(room_id, req.user_id)[0] != "join":
+            third_party_signed(req, room_id, body)
         rv = svc.room_version(room_id)
         j = joins()
         remote = candidates(room_id, req.user_id, servers) \

@@ -412,3 +412,30 @@ def test_identity_client_verifies_certificates_and_filters_addresses(a, ids):
         fenced.lookup(ids.name, TOKEN, "email", "x@example.org")
     assert e.value.status == 403
     assert ids.calls == []
+
+
+def test_join_with_third_party_signed(a, ids):
+    """client-server-api ``/join`` ``third_party_signed``: the client presents the identity
+    server's signed association itself (no /3pid/onbind) and is invited, then joined."""
+    alice, frank = a.user("alice9"), a.user("frank9")
+    room = alice.create_room(preset="private_chat")
+    invite_3pid(alice, room, ids, "frank9@example.org")
+    token = [e["state_key"] for e in alice.req("GET", f"{V}/rooms/{q(room)}/state")
+             if e["type"] == TPI][0]
+    signed = sign_json({"mxid": frank.user_id, "sender": alice.user_id, "token": token},
+                       ids.name, ids.sk)
+    # someone else's association is refused, and so is a forged one
+    other = sign_json({"mxid": alice.user_id, "sender": alice.user_id, "token": token},
+                      ids.name, ids.sk)
+    r = frank.req("POST", f"{V}/rooms/{q(room)}/join", {"third_party_signed": other},
+                  status=400)
+    assert r["errcode"].startswith("M_")
+    forged = sign_json({"mxid": frank.user_id, "sender": alice.user_id, "token": token},
+                       ids.name, generate_signing_key("0"))
+    r = frank.req("POST", f"{V}/rooms/{q(room)}/join", {"third_party_signed": forged},
+                  status=403)
+    assert r["errcode"] == "M_FORBIDDEN" and a.member(room, frank.user_id) is None
+    frank.req("POST", f"{V}/rooms/{q(room)}/join", {"third_party_signed": signed})
+    assert a.member(room, frank.user_id) == "join"
+    ev = a.state_event(room, "m.room.member", frank.user_id)
+    assert ev["content"]["membership"] == "join"
