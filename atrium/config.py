@@ -223,6 +223,11 @@ KNOWN_KEYS = {
     "user_directory", "url_preview_ip_range_blacklist", "url_preview_ip_range_whitelist",
     "url_preview_url_blacklist", "max_spider_size", "url_preview_accept_language",
     "server_notices",
+    # accounts (issue 18): parsed by their own modules
+    "enable_registration_captcha", "recaptcha_public_key", "recaptcha_private_key",
+    "recaptcha_siteverify_api", "email", "registrations_require_3pid", "rc_3pid_validation",
+    "turn_uris", "turn_shared_secret", "turn_username", "turn_password",
+    "turn_user_lifetime", "turn_allow_guests",
 }
 
 
