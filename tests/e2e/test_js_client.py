@@ -94,6 +94,8 @@ def test_matrix_js_sdk_new_user_flow(start_atrium) -> None:
                      "lazy-loaded members: loadMembersIfNeeded (GET /members)",
                      "edit (m.replace) and reaction (m.annotation), relations API",
                      "thread reply and the /threads list", "event context (GET /context, jump to event)",
+                     "space hierarchy walk (GET /hierarchy)",
+                     "jump to date (GET /timestamp_to_event)",
                      "account data and room tags, seen through own sync",
                      "unread notification counts (from sync)",
                      "paginate history with scrollback (fresh login, initialSyncLimit 5)",

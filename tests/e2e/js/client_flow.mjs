@@ -455,6 +455,28 @@ await optionalStep("search", async () => {
   return { count: res.count ?? res.results.length };
 });
 
+await step("space hierarchy walk (GET /hierarchy)", async () => {
+  const server = alice.getUserId().split(":").slice(1).join(":");
+  const space = await alice.createRoom({ name: "js space", preset: "public_chat",
+    creation_content: { type: "m.space" } });
+  const child = await alice.createRoom({ name: "js child", preset: "public_chat" });
+  await alice.sendStateEvent(space.room_id, "m.space.child", { via: [server] }, child.room_id);
+  const res = await alice.getRoomHierarchy(space.room_id, 10, 2, false);
+  const ids = res.rooms.map((r) => r.room_id);
+  check(ids[0] === space.room_id && ids.includes(child.room_id),
+    `hierarchy of the space: ${JSON.stringify(ids)}`);
+  const entry = res.rooms.find((r) => r.room_id === child.room_id);
+  check(entry.name === "js child", `child summary: ${JSON.stringify(entry)}`);
+  return { rooms: ids.length };
+});
+
+await step("jump to date (GET /timestamp_to_event)", async () => {
+  const res = await alice.timestampToEvent(roomId, Date.now() + 60000, sdk.Direction.Backward);
+  check(typeof res.event_id === "string" && res.event_id.startsWith("$"), `answer: ${JSON.stringify(res)}`);
+  check(res.origin_server_ts <= Date.now() + 60000, "the event is after the timestamp");
+  return { event_id: res.event_id };
+});
+
 await step("unread notification counts (from sync)", async () => {
   const room = bob.getRoom(roomId);
   const before = room.getUnreadNotificationCount(sdk.NotificationCountType.Total);
