@@ -1,7 +1,9 @@
 """Command-line tools: ``python -m atrium register`` (create a user through the shared-secret
-admin API, like Synapse's ``register_new_matrix_user``) and ``python -m atrium check-config``
-(validate the config file and say what is wrong in one line) and ``python -m atrium demo``
-(three federating servers on loopback, :mod:`atrium.demo`).
+admin API, like Synapse's ``register_new_matrix_user``), ``python -m atrium check-config``
+(validate the config file and say what is wrong in one line), ``python -m atrium
+hash-password`` (a bcrypt hash for the ``users.password_hash`` column, like Synapse's
+``hash_password``) and ``python -m atrium demo`` (three federating servers on loopback,
+:mod:`atrium.demo`).
 
 Exit codes: 0 success, 1 the server refused or could not be reached, 2 bad usage or config.
 """
@@ -11,6 +13,7 @@ import argparse
 import getpass
 import hashlib
 import hmac
+import os
 import sys
 from typing import Any
 
@@ -107,13 +110,71 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"atrium: {e}", file=sys.stderr)
         return 2
     if config.enable_registration and not (config.enable_registration_without_verification
-                                           or config.registration_requires_token):
+                                           or config.registration_requires_token
+                                           or config.captcha.enabled):
         print("atrium: warning: enable_registration is on without "
-              "enable_registration_without_verification or registration_requires_token; "
+              "enable_registration_without_verification, registration_requires_token or "
+              "enable_registration_captcha; "
               "registration will be refused (this server cannot verify e-mail)",
               file=sys.stderr)
     print(f"config {config.path} is valid (server_name: {config.server_name}, "
           f"database: {config.database.name})")
+    return 0
+
+
+#: bcrypt reads this many bytes of a password (the server cuts there too: web/uia.py)
+BCRYPT_MAX_BYTES = 72
+DEFAULT_BCRYPT_ROUNDS = 12
+
+
+def hash_password(password: str, rounds: int) -> str:
+    """The bcrypt hash the server's login accepts for ``password`` (the same bytes as
+    ``web.uia.hash_password``: UTF-8, cut at 72 bytes, no normalisation)."""
+    import bcrypt  # noqa: PLC0415
+
+    secret = password.encode("utf-8")[:BCRYPT_MAX_BYTES]
+    return bcrypt.hashpw(secret, bcrypt.gensalt(rounds)).decode("ascii")
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    """From ``-p``, else a line of a piped stdin, else prompted for twice (ValueError when
+    the two differ or it is empty)."""
+    if args.password is not None:
+        password = args.password
+    elif not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if password and password != getpass.getpass("Confirm password: "):
+            raise ValueError("passwords do not match")
+    if not password:
+        raise ValueError("the password must not be empty")
+    return password
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    rounds = DEFAULT_BCRYPT_ROUNDS
+    path = args.config or config_path_from_env()
+    if args.config is not None or os.path.exists(path):
+        try:
+            rounds = _load(path).bcrypt_rounds
+        except ConfigError as e:
+            print(f"atrium: {e}", file=sys.stderr)
+            return 2
+    else:
+        print(f"atrium: no config at {path}: using bcrypt_rounds {rounds}", file=sys.stderr)
+    try:
+        password = _read_password(args)
+    except ValueError as e:
+        print(f"atrium: {e}", file=sys.stderr)
+        return 2
+    except (EOFError, KeyboardInterrupt):
+        print("", file=sys.stderr)
+        return 2
+    if len(password.encode("utf-8")) > BCRYPT_MAX_BYTES:
+        print(f"atrium: note: only the first {BCRYPT_MAX_BYTES} bytes of the password count "
+              "(bcrypt), at login too", file=sys.stderr)
+    print(hash_password(password, rounds))
     return 0
 
 
@@ -144,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-c", "--config", help="config file (default: $ATRIUM_CONFIG or "
                                          "./homeserver.yaml)")
     c.set_defaults(func=cmd_check_config)
+
+    h = sub.add_parser("hash-password", help="print a bcrypt hash of a password, for "
+                                             "users.password_hash (e.g. a forgotten admin "
+                                             "password)")
+    h.add_argument("-p", "--password", help="the password (prompted for twice if omitted; "
+                                            "read from stdin when it is not a terminal)")
+    h.add_argument("-c", "--config", help="config file whose bcrypt_rounds to use (default: "
+                                         "$ATRIUM_CONFIG or ./homeserver.yaml, if present)")
+    h.set_defaults(func=cmd_hash_password)
 
     d = sub.add_parser("demo", help="three federating servers on loopback (TLS, one "
                                     "user each); Ctrl-C stops them")

@@ -17,9 +17,12 @@ from typing import Any
 
 import yaml
 
+from atrium.captcha_config import CaptchaConfig, parse_captcha_config
+from atrium.email_config import ThreepidSettings, parse_email_config
 from atrium.federation_config import FederationConfig, parse_federation_config
 from atrium.server_notices_config import ServerNoticesConfig, parse_server_notices_config
 from atrium.url_preview_config import UrlPreviewConfig, parse_url_preview_config
+from atrium.voip_config import VoipConfig, parse_voip_config
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,12 @@ class Config:
     # atrium/server_notices_config.py)
     url_preview: UrlPreviewConfig = field(default_factory=UrlPreviewConfig)
     server_notices: ServerNoticesConfig | None = None
+    # e-mail sent by Atrium, 3PID validation (issue 18; atrium/email_config.py)
+    threepid: ThreepidSettings = field(default_factory=ThreepidSettings)
+    # CAPTCHA at registration and TURN for calls (issue 18; atrium/captcha_config.py,
+    # atrium/voip_config.py)
+    captcha: CaptchaConfig = field(default_factory=CaptchaConfig)
+    voip: VoipConfig = field(default_factory=VoipConfig)
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -227,7 +236,8 @@ KNOWN_KEYS = {
     "enable_registration_captcha", "recaptcha_public_key", "recaptcha_private_key",
     "recaptcha_siteverify_api", "email", "registrations_require_3pid", "rc_3pid_validation",
     "turn_uris", "turn_shared_secret", "turn_username", "turn_password",
-    "turn_user_lifetime", "turn_allow_guests",
+    "turn_user_lifetime", "turn_allow_guests", "request_token_inhibit_3pid_errors",
+    "recaptcha_public_key_path", "recaptcha_private_key_path", "turn_shared_secret_path",
 }
 
 
@@ -384,6 +394,9 @@ def parse_config(raw: Any, path: str = "<memory>", base_dir: str | None = None) 
             raw, "use_insecure_ssl_client_just_for_testing_do_not_use", False),
         url_preview=parse_url_preview_config(raw, ConfigError),
         server_notices=parse_server_notices_config(raw, ConfigError),
+        threepid=parse_email_config(raw, ConfigError, parse_duration),
+        captcha=parse_captcha_config(raw, ConfigError),
+        voip=parse_voip_config(raw, ConfigError),
     )
 
 

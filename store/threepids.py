@@ -2,17 +2,31 @@
 migration ``schema/070_threepids.sql``).
 
 Spec: client-server-api "Adding Account Administrative Contact Information"
-(``/account/3pid``, ``/account/3pid/bind``, ``/unbind``, ``/delete``).  Atrium sends no
-e-mail or SMS, so the only 3PIDs it knows are those an identity server validated and bound
-for the user at ``/account/3pid/bind``: one row per (3PID, identity server), so each can be
-unbound from the server it was bound on.  Every method is one transaction.
+(``/account/3pid``, ``/account/3pid/bind``, ``/unbind``, ``/delete``, ``/add``).  Two kinds
+of row share the table, so ``GET /account/3pid`` lists both:
+
+- binds an identity server validated (``/account/3pid/bind``): one row per (3PID, identity
+  server), so each can be unbound from the server it was bound on;
+- 3PIDs this server validated itself by e-mail (``/account/3pid/add``, registration with
+  ``m.login.email.identity``): ``id_server`` is ``''`` (:data:`VALIDATED_HERE`).  Only these
+  identify an account (login with ``m.id.thirdparty``, password reset), so an address is
+  validated here for one account at most (a unique partial index, migration 076).
+
+Every method is one transaction.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from store.database import Database, Txn
+from store.database import Database, IntegrityError, Txn
+
+#: ``id_server`` of a 3PID this server validated itself (no identity server involved)
+VALIDATED_HERE = ""
+
+
+class ThreepidInUse(Exception):
+    """The 3PID is already validated here for another account."""
 
 
 @dataclass(frozen=True)
@@ -50,18 +64,48 @@ class ThreepidStore:
             " address", (user_id,)))
         return [Threepid(str(m), str(a), int(v), int(ad)) for m, a, v, ad in rows]
 
+    def add_validated(self, user_id: str, medium: str, address: str, validated_at: int,
+                      now_ms: int) -> None:
+        """Add a 3PID this server validated to the user's account (again: a fresher
+        ``validated_at``).  Raises :class:`ThreepidInUse` if another account has it."""
+        def _t(txn: Txn) -> None:
+            owner = txn.query_value("SELECT user_id FROM user_threepids WHERE medium = ? AND"
+                                    " address = ? AND id_server = ?",
+                                    (medium, address, VALIDATED_HERE))
+            if owner is not None and owner != user_id:
+                raise ThreepidInUse(address)
+            txn.execute("INSERT INTO user_threepids (user_id, medium, address, id_server,"
+                        " validated_at, added_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT"
+                        " (user_id, medium, address, id_server) DO UPDATE SET validated_at ="
+                        " excluded.validated_at",
+                        (user_id, medium, address, VALIDATED_HERE, validated_at, now_ms))
+
+        try:
+            self.db.run("threepid_add_validated", _t, write=True)
+        except IntegrityError as e:  # another account added it at the same moment
+            raise ThreepidInUse(address) from e
+
+    def owner(self, medium: str, address: str) -> str | None:
+        """The account this server validated the 3PID for, if any."""
+        return self.db.run("threepid_owner", lambda t: t.query_value(
+            "SELECT user_id FROM user_threepids WHERE medium = ? AND address = ?"
+            " AND id_server = ?", (medium, address, VALIDATED_HERE)))
+
     def id_servers(self, user_id: str, medium: str, address: str) -> list[str]:
         """The identity servers the 3PID was bound on for the user."""
         rows = self.db.run("threepid_id_servers", lambda t: t.query(
             "SELECT id_server FROM user_threepids WHERE user_id = ? AND medium = ?"
-            " AND address = ? ORDER BY id_server", (user_id, medium, address)))
+            " AND address = ? AND id_server <> ? ORDER BY id_server",
+            (user_id, medium, address, VALIDATED_HERE)))
         return [str(r[0]) for r in rows]
 
     def all_binds(self, user_id: str) -> list[tuple[str, str, str]]:
-        """Every (medium, address, id_server) of the user (deactivation unbinds them)."""
+        """Every identity-server bind (medium, address, id_server) of the user
+        (deactivation unbinds them)."""
         rows = self.db.run("threepid_binds", lambda t: t.query(
             "SELECT medium, address, id_server FROM user_threepids WHERE user_id = ?"
-            " ORDER BY medium, address, id_server", (user_id,)))
+            " AND id_server <> ? ORDER BY medium, address, id_server",
+            (user_id, VALIDATED_HERE)))
         return [(str(m), str(a), str(s)) for m, a, s in rows]
 
     def forget(self, user_id: str, medium: str, address: str,

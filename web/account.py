@@ -5,10 +5,15 @@ management", "Current account information", "Server administration"):
 
 Password change and deactivation need UIA ``m.login.password``.
 
-Third-party identifiers ("Adding Account Administrative Contact Information"): this server
-sends no e-mail or SMS, so every ``requestToken`` is refused with the spec's error and a 3PID
-can never be *added* by the homeserver's own validation (``/account/3pid``, ``/add``: 403 /
-400 ``M_THREEPID_AUTH_FAILED``).  What works is the identity server's side:
+Third-party identifiers ("Adding Account Administrative Contact Information"): with an
+``email`` section in the config, Atrium validates e-mail addresses itself
+(web/email_validation.py): the e-mail ``requestToken`` endpoints send the mail, ``/add`` (and
+the deprecated ``POST /account/3pid``) adds the address of a validated session
+(``M_THREEPID_IN_USE`` if another account has it), and ``POST /account/password`` without an
+access token is the password reset (UIA ``m.login.email.identity``; the other devices are
+logged out unless ``logout_devices`` is false).  Without it, and for phone numbers always,
+``requestToken`` is refused with the spec's error and ``/add`` answers 400
+``M_THREEPID_AUTH_FAILED``.  The identity server's side works either way:
 ``/account/3pid/bind`` asks the identity server named by the client to bind the 3PID it
 validated (its errors are passed on) and records the bind (``store/threepids.py``);
 ``GET /account/3pid`` lists the recorded 3PIDs; ``/unbind``, ``/delete`` and deactivation
@@ -28,11 +33,13 @@ from atrium.config import Config
 from atrium.errors import MatrixError, invalid_param, missing_param
 from atrium.identity_client import IdentityClient
 from store.accounts import AccountStore
-from store.threepids import ThreepidStore
-from web.auth import Requester, require_auth
+from store.threepids import ThreepidInUse, ThreepidStore
+from web.auth import Requester, extract_token, require_auth
+from web.email_validation import (ADD_THREEPID, EMAIL_IDENTITY, PASSWORD_RESET, REGISTER,
+                                  EmailValidation, check_client_secret, proven_email)
 from web.http import check_type, json_body, require
-from web.uia import (PASSWORD, InteractiveAuth, UIAResult, hash_password, storable_text,
-                     validate_password)
+from web.uia import (PASSWORD, AuthRequired, InteractiveAuth, UIAResult, hash_password,
+                     storable_text, validate_password)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,8 @@ def register(app: Flask, runtime: Any) -> None:
     @bp.post("/_matrix/client/v3/account/password")
     def change_password() -> Any:
         """POST /_matrix/client/v3/account/password"""
+        if extract_token() is None and runtime.parts.get("email_validation") is not None:
+            return reset_password()
         requester = require_auth()
         body = json_body()
         if body.get("new_password") is not None:
@@ -90,6 +99,37 @@ def register(app: Flask, runtime: Any) -> None:
         new_hash = hash_password(body["new_password"], config.bcrypt_rounds)
         accounts.set_password(requester.user_id, new_hash, keep_device=requester.device_id,
                               logout_devices=logout_devices, uia_session=sid)
+        return jsonify({})
+
+    def reset_password() -> Any:
+        """POST /account/password without an access token: the password reset, UIA
+        ``m.login.email.identity`` with a session of /account/password/email/requestToken"""
+        body = json_body()
+        if body.get("new_password") is not None:
+            validate_password(body["new_password"], "new_password")
+        check_type(body, "logout_devices", bool)
+        try:
+            result = uia.check(body, [[EMAIL_IDENTITY]])
+        except AuthRequired as e:  # later rounds may send only ``auth``: keep the hash
+            sid = e.body.get("session")
+            if isinstance(body.get("new_password"), str) and isinstance(sid, str):
+                accounts.update_uia_params(sid, {"password_hash": hash_password(
+                    body["new_password"], config.bcrypt_rounds)})
+            raise
+        proven = proven_email(result.params)
+        owner = runtime.parts["threepids"].owner("email", proven["address"]) if proven else None
+        if owner is None:
+            raise MatrixError(404, "M_NOT_FOUND", "Email address not found")
+        if body.get("new_password") is not None:
+            new_hash = hash_password(body["new_password"], config.bcrypt_rounds)
+        elif isinstance(result.params.get("password_hash"), str):
+            new_hash = result.params["password_hash"]
+        else:
+            raise missing_param("Missing 'new_password'")
+        logout = result.clientdict.get("logout_devices", True) is not False
+        accounts.set_password(owner, new_hash, keep_device=None, logout_devices=logout,
+                              uia_session=result.session_id)
+        log.info("password of %s reset by e-mail", owner)
         return jsonify({})
 
     @bp.post("/_matrix/client/v3/account/deactivate")
@@ -171,9 +211,9 @@ def _threepid_routes(bp: Blueprint, runtime: Any) -> None:
 
     @bp.post(f"{P}/3pid")
     def post_3pids() -> Any:
-        """POST /_matrix/client/v3/account/3pid (deprecated): the homeserver validated no
-        3PID, and an identity server's word alone does not add one to an account."""
-        require_auth()
+        """POST /_matrix/client/v3/account/3pid (deprecated): adds the address of a session
+        this server validated; an identity server's word alone does not add one."""
+        req = require_auth()
         body = json_body()
         creds = body.get("three_pid_creds", body.get("threePidCreds"))
         if creds is None:
@@ -182,19 +222,45 @@ def _threepid_routes(bp: Blueprint, runtime: Any) -> None:
             raise MatrixError(400, "M_BAD_JSON", "'three_pid_creds' must be an object")
         for key in ("client_secret", "sid"):
             require(creds, key, str)
-        raise MatrixError(403, "M_THREEPID_AUTH_FAILED", "The third-party credentials could"
-                          " not be verified: this server validates no third-party identifiers")
+        if emails() is None:
+            raise MatrixError(403, "M_THREEPID_AUTH_FAILED", "The third-party credentials"
+                              " could not be verified: this server validates no third-party"
+                              " identifiers")
+        add_validated(req, creds["sid"], creds["client_secret"])
+        return jsonify({})
 
     @bp.post(f"{P}/3pid/add")
     def add_3pid() -> Any:
-        """POST /_matrix/client/v3/account/3pid/add: UIA, then no session of ours to add"""
+        """POST /_matrix/client/v3/account/3pid/add: UIA, then the address of a session
+        this server validated"""
         req = require_auth()
         body = json_body()
-        require(body, "client_secret", str)
-        require(body, "sid", str)
+        secret = require(body, "client_secret", str)
+        sid = require(body, "sid", str)
         password_uia(uia, accounts, req, body)
-        raise MatrixError(400, "M_THREEPID_AUTH_FAILED", "No validated 3pid session found:"
-                          " this server sends no validation e-mail or SMS")
+        if emails() is None:
+            raise MatrixError(400, "M_THREEPID_AUTH_FAILED", "No validated 3pid session"
+                              " found: this server sends no validation e-mail or SMS")
+        add_validated(req, sid, secret)
+        return jsonify({})
+
+    def emails() -> EmailValidation | None:
+        return runtime.parts.get("email_validation")
+
+    def add_validated(req: Requester, sid: str, client_secret: str) -> None:
+        """Spend the validated add_threepid session and add its address to the account."""
+        svc = emails()
+        assert svc is not None
+        proof = svc.spend(ADD_THREEPID, storable_text("sid", sid),
+                          check_client_secret(client_secret))
+        if proof is None:
+            raise MatrixError(400, "M_THREEPID_AUTH_FAILED", "No validated 3pid session found")
+        try:
+            store.add_validated(req.user_id, proof.medium, proof.address, proof.validated_at,
+                                int(time.time() * 1000))
+        except ThreepidInUse:
+            raise MatrixError(400, "M_THREEPID_IN_USE", "This address is already in use by"
+                              " another account") from None
 
     @bp.post(f"{P}/3pid/bind")
     def bind_3pid() -> Any:
@@ -251,9 +317,16 @@ def _threepid_routes(bp: Blueprint, runtime: Any) -> None:
     @bp.post("/_matrix/client/v3/register/email/requestToken")
     @bp.post("/_matrix/client/v3/register/msisdn/requestToken")
     def request_3pid_token() -> Any:
-        """POST /_matrix/client/v3/…/requestToken: this server sends no e-mail or SMS.
-        Adding to an account: 400 M_THREEPID_MEDIUM_NOT_SUPPORTED; registration and password
-        reset: 403 M_THREEPID_DENIED (each the spec's error for that endpoint)"""
+        """POST /_matrix/client/v3/…/requestToken: e-mail, when configured, is validated by
+        this server (web/email_validation.py).  Otherwise, and for phone numbers: adding to
+        an account: 400 M_THREEPID_MEDIUM_NOT_SUPPORTED; registration and password reset:
+        403 M_THREEPID_DENIED (each the spec's error for that endpoint)"""
+        svc = emails()
+        if svc is not None and "/email/" in request.path:
+            purpose = (ADD_THREEPID if request.path.startswith(f"{P}/3pid/") else
+                       PASSWORD_RESET if request.path.startswith(f"{P}/password/") else
+                       REGISTER)
+            return jsonify(svc.request_token(purpose))
         if request.path.startswith(f"{P}/3pid/"):
             raise MatrixError(400, "M_THREEPID_MEDIUM_NOT_SUPPORTED", "This server does not"
                               " add third-party identifiers to accounts: it sends no e-mail"

@@ -22,6 +22,12 @@ def register_all(app: Flask, runtime: Any) -> None:
         accounts_area.register(app, runtime)
     from web import openid  # OpenID tokens (served to other servers by federation/queries.py)
     openid.register(app, runtime)
+    from web import email_validation  # e-mail sent by Atrium (after account: its 3PID store)
+
+    email_validation.register(app, runtime)
+    from web import captcha, voip  # the CAPTCHA stage and its page, TURN credentials (issue 18)
+
+    captcha.register(app, runtime), voip.register(app, runtime)
     from supervision import Tracer  # one tracer shared by every supervisor (media, rooms)
 
     runtime.parts["tracer"] = Tracer(capacity=runtime.config.trace_capacity,

@@ -49,7 +49,7 @@ def register(app: Flask, runtime: Any) -> None:
             },
             "m.set_displayname": {"enabled": True},
             "m.set_avatar_url": {"enabled": True},
-            "m.3pid_changes": {"enabled": False},
+            "m.3pid_changes": {"enabled": config.threepid.email is not None},  # e-mail here
             "m.get_login_token": {"enabled": False},
         }})
 

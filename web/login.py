@@ -4,6 +4,11 @@
 
 Rate limits follow Synapse's ``rc_login``: ``address`` per client IP and ``account`` per
 user on every attempt, ``failed_attempts`` per user on wrong passwords.
+
+A user may be named by a 3PID this server validated for the account ("Identifier types":
+``identifier: {type: m.id.thirdparty, medium, address}``, or the deprecated top-level
+``medium`` and ``address``); an unknown 3PID answers 403 as a wrong password does, and counts
+as a failed attempt for that 3PID (Synapse's behaviour).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from atrium.config import Config
 from atrium.errors import MatrixError, forbidden, missing_param
 from store.accounts import AccountStore
 from web.auth import require_auth
+from web.email_validation import canonical_email
 from web.http import json_body, require
 from web.register import login_request, session_response
 from web.uia import (PASSWORD, check_password, storable_text, user_from_identifier,
@@ -40,7 +46,7 @@ def register(app: Flask, runtime: Any) -> None:
         if kind != PASSWORD:
             raise MatrixError(400, "M_UNKNOWN", f"Unknown login type {kind!r}")
         limiter.check("login_address", request.remote_addr or "", config.rc_login_address)
-        user_id = user_from_identifier(body, config.server_name)
+        user_id = thirdparty_user(body) or user_from_identifier(body, config.server_name)
         if "password" not in body:
             raise missing_param("Missing 'password'")
         password = validate_password(body["password"])
@@ -54,6 +60,30 @@ def register(app: Flask, runtime: Any) -> None:
             limiter.check("login_failed", user_id, config.rc_login_failed_attempts)
             raise forbidden("Invalid username or password")
         return jsonify(session_response(accounts.login(user_id, login), config.server_name))
+
+    def thirdparty_user(body: dict[str, Any]) -> str | None:
+        """The account a 3PID identifier names (None if the body names no 3PID; 403 if no
+        account has it)."""
+        ident = body.get("identifier")
+        if isinstance(ident, dict) and ident.get("type") == "m.id.thirdparty":
+            medium, address = ident.get("medium"), ident.get("address")
+        elif ident is None and "user" not in body and "medium" in body and "address" in body:
+            medium, address = body["medium"], body["address"]
+        else:
+            return None
+        if not isinstance(medium, str) or not isinstance(address, str) or not address:
+            raise MatrixError(400, "M_INVALID_PARAM", "Invalid third-party identifier: needs"
+                              " 'medium' and 'address' strings")
+        address = storable_text("address", address)
+        if medium == "email":
+            address = canonical_email(address)
+        key = f"{medium} {address}"
+        limiter.check("login_failed", key, config.rc_login_failed_attempts, update=False)
+        owner = runtime.parts["threepids"].owner(medium, address)
+        if owner is None:
+            limiter.check("login_failed", key, config.rc_login_failed_attempts)
+            raise forbidden("Invalid username or password")
+        return owner
 
     @bp.post("/_matrix/client/v3/refresh")
     def post_refresh() -> Any:

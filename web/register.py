@@ -6,6 +6,11 @@ Open registration needs ``enable_registration`` and either
 ``enable_registration_without_verification`` (flow ``m.login.dummy``) or
 ``registration_requires_token`` (flow ``m.login.registration_token``); like Synapse, open
 registration with neither is refused, since this server cannot verify e-mail or phone.
+``enable_registration_captcha`` puts ``m.login.recaptcha`` in front of every flow (and, as
+in Synapse, is enough verification on its own: ``[m.login.recaptcha, m.login.dummy]``).
+With an ``email`` section each flow is also offered ending in ``m.login.email.identity``, or
+only so with ``registrations_require_3pid: [email]`` (enough verification on its own); the
+proven address is added to the new account (web/email_validation.py).
 
 Guests (client-server-api "Guest Access"): ``kind=guest`` needs ``allow_guest_access``
 (else 403 ``M_GUEST_ACCESS_FORBIDDEN``), runs no User-Interactive Auth and ignores every body
@@ -26,6 +31,8 @@ from flask import Blueprint, Flask, jsonify, request
 from atrium.config import Config
 from atrium.errors import MatrixError, forbidden, invalid_param, missing_param
 from store.accounts import AccountStore, LoginRequest, NotAGuest, Session, UserInUse, now_ms
+from web.captcha import with_captcha
+from web.email_validation import add_registered, registration_threepid, with_email
 from web.http import check_type, json_body
 from web.uia import (DUMMY, REGISTRATION_TOKEN, AuthRequired, InteractiveAuth,
                      hash_password, storable_text, validate_password)
@@ -40,9 +47,10 @@ def registration_flows(config: Config) -> list[list[str]] | None:
     if not config.enable_registration:
         return None
     if config.registration_requires_token:
-        return [[REGISTRATION_TOKEN]]
-    if config.enable_registration_without_verification:
-        return [[DUMMY]]
+        return with_email(config, with_captcha(config, [[REGISTRATION_TOKEN]]))
+    if config.enable_registration_without_verification or config.captcha.enabled \
+            or config.threepid.require_email:  # e-mail: web/email_validation.py
+        return with_email(config, with_captcha(config, [[DUMMY]]))  # CAPTCHA: [recaptcha, dummy]
     return None
 
 
@@ -258,6 +266,7 @@ def register(app: Flask, runtime: Any) -> None:
             password_hash = result.params["password_hash"]
         else:
             raise missing_param("Missing params: password")
+        threepid = registration_threepid(runtime, result.params)  # M_THREEPID_IN_USE
         _ratelimit(update=True)
         if guest_id is not None:
             try:
@@ -266,6 +275,7 @@ def register(app: Flask, runtime: Any) -> None:
                                                  uia_session=result.session_id)
             except NotAGuest:
                 raise forbidden("This account is not a guest account any more") from None
+            add_registered(runtime, guest_id, threepid)
             return _answer(guest_id, session)
         try:
             session = accounts.register_user(user_id, password_hash,
@@ -274,6 +284,7 @@ def register(app: Flask, runtime: Any) -> None:
                                              uia_session=result.session_id)
         except UserInUse:
             raise user_in_use() from None
+        add_registered(runtime, user_id, threepid)
         return _answer(user_id, session)
 
     def _answer(user_id: str, session: Session | None) -> Any:
@@ -300,7 +311,7 @@ def register(app: Flask, runtime: Any) -> None:
         """GET /_matrix/client/v1/register/m.login.registration_token/validity"""
         limiter.check("register_token_validity", request.remote_addr or "",
                       config.rc_registration)
-        if registration_flows(config) != [[REGISTRATION_TOKEN]]:
+        if not any(REGISTRATION_TOKEN in f for f in registration_flows(config) or []):
             raise forbidden("Registration tokens are not enabled on this server")
         token = request.args.get("token")
         if token is None:

@@ -5,7 +5,8 @@ A session lives in ``uia_sessions`` so it survives a restart: the first request'
 (minus any password) is kept, each completed stage is recorded, and the operation that
 finishes the flow deletes the session in its own transaction (``uia_session=`` on the
 store's write methods).  Stages: ``m.login.dummy``, ``m.login.password`` (the requester's
-own password) and ``m.login.registration_token`` (one use reserved while pending).
+own password) and ``m.login.registration_token`` (one use reserved while pending); other
+areas plug their stages into ``InteractiveAuth.stages`` (web/captcha.py: ``m.login.recaptcha``).
 
 Passwords are hashed with bcrypt in gevent's thread pool, so a hash never stalls other
 greenlets.
@@ -13,7 +14,7 @@ greenlets.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import bcrypt
 from flask import request
@@ -147,6 +148,27 @@ class AuthRequired(MatrixError):
         return out
 
 
+class StageFailed(Exception):
+    """A stage checker's refusal: the 401 of the flow carries ``errcode`` and ``error``."""
+
+    def __init__(self, error: str, errcode: str = "M_FORBIDDEN") -> None:
+        super().__init__(error)
+        self.error = error
+        self.errcode = errcode
+
+
+class StageChecker(Protocol):
+    """A UIA stage an area plugs in (``InteractiveAuth.stages[type] = checker``, e.g.
+    web/captcha.py): ``check`` returns when the stage passed, raises :class:`StageFailed` to
+    answer the flow's 401 with an error, or any other MatrixError to answer with that;
+    ``params`` is the stage's entry in the 401's ``params`` (None: no entry)."""
+
+    def check(self, auth: dict[str, Any], client_ip: str | None
+              ) -> dict[str, Any] | None: ...  # a dict: merged into the session's params
+
+    def params(self) -> dict[str, Any] | None: ...
+
+
 @dataclass(frozen=True)
 class UIAResult:
     session_id: str
@@ -165,6 +187,7 @@ class InteractiveAuth:
     def __init__(self, accounts: AccountStore, config: Config) -> None:
         self.accounts = accounts
         self.config = config
+        self.stages: dict[str, StageChecker] = {}  # stages other areas plug in
 
     def check(self, body: dict[str, Any], flows: list[list[str]], *,
               user_id: str | None = None,
@@ -201,7 +224,11 @@ class InteractiveAuth:
             if stage not in allowed:
                 raise AuthRequired(self._challenge(sid, flows, completed), "M_UNRECOGNIZED",
                                    f"Authentication type {stage!r} is not offered here")
-            failure = self._run_stage(sid, stage, auth, user_id, password_hash)
+            try:
+                failure = self._run_stage(sid, stage, auth, user_id, password_hash)
+            except StageFailed as e:
+                raise AuthRequired(self._challenge(sid, flows, completed), e.errcode,
+                                   e.error) from None
             if failure is not None:
                 raise AuthRequired(self._challenge(sid, flows, completed), "M_FORBIDDEN",
                                    failure)
@@ -253,11 +280,21 @@ class InteractiveAuth:
                 return "Missing registration token"
             storable_text("token", token)
             reserve = token
+        elif stage in self.stages:
+            remember = self.stages[stage].check(auth, request.remote_addr)  # raises if it fails
+            if remember:  # what the stage proved, for the operation (e.g. the e-mail address)
+                self.accounts.update_uia_params(sid, remember)
         if not self.accounts.complete_uia_stage(sid, stage, reserve_token=reserve):
             return "Invalid registration token" if reserve else "Unknown session ID"
         return None
 
     def _challenge(self, sid: str, flows: list[list[str]],
                    completed: list[str]) -> dict[str, Any]:
-        return {"flows": [{"stages": list(f)} for f in flows], "params": {},
+        params = {}
+        for stage in dict.fromkeys(s for f in flows for s in f):
+            checker = self.stages.get(stage)
+            p = checker.params() if checker is not None else None
+            if p is not None:
+                params[stage] = p
+        return {"flows": [{"stages": list(f)} for f in flows], "params": params,
                 "session": sid, "completed": completed}
