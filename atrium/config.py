@@ -128,6 +128,8 @@ class Config:
     # atrium/voip_config.py)
     captcha: CaptchaConfig = field(default_factory=CaptchaConfig)
     voip: VoipConfig = field(default_factory=VoipConfig)
+    # Prometheus metrics at /_synapse/metrics (Synapse's key; web/metrics.py, docs/metrics.md)
+    enable_metrics: bool = False
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -213,6 +215,7 @@ KNOWN_KEYS = {
     "registration_requires_token", "bcrypt_rounds", "rc_message", "rc_registration",
     "rc_login", "rc_joins", "rc_invites", "rc_admin_redaction", "default_room_version",
     "enable_fault_injection", "serve_server_wellknown", "refreshable_access_token_lifetime",
+    "enable_metrics",
     "actors", "trace", "log_level", "report_stats", "pid_file", "listeners",
     "enable_media_repo", "media", "federation", "enable_legacy_unauthenticated_media",
     "url_preview_enabled", "room_list_publication_rules", "presence", "push",
@@ -368,6 +371,7 @@ def parse_config(raw: Any, path: str = "<memory>", base_dir: str | None = None) 
                             if rc_admin is not None else None),
         default_room_version=room_version,
         enable_fault_injection=_bool(raw, "enable_fault_injection", False),
+        enable_metrics=_bool(raw, "enable_metrics", False),
         serve_server_wellknown=_bool(raw, "serve_server_wellknown", False),
         refreshable_access_token_lifetime=(
             parse_duration("refreshable_access_token_lifetime", rtl) if rtl is not None else None),

@@ -109,6 +109,10 @@ class Database:
     """A pool of connections to one database, SQLite or PostgreSQL."""
 
     engine: str
+    #: optional hooks (web/metrics.py): ``observe(name, seconds, write)`` after each
+    #: transaction that succeeded, ``observe_group(size)`` after each SQLite group commit
+    observe: Callable[[str, float, bool], None] | None = None
+    observe_group: Callable[[int], None] | None = None
 
     def run(self, name: str, fn: Callable[..., T], *args: Any, write: bool = False,
             inline: bool = False) -> T:
@@ -177,6 +181,7 @@ class SqliteDatabase(Database):
         self._write_lock = threading.Lock()  # cooperative once gevent has patched threading
         self._pending: deque[_Write] = deque()
         self._readers: queue.Queue[sqlite3.Connection] = queue.Queue()
+        self.readers = readers  # reader connections (stats, metrics)
         for _ in range(readers):
             self._readers.put(self._connect())
         self._closed = False
@@ -272,6 +277,8 @@ class SqliteDatabase(Database):
                         self._run_on_writer(group)
                     finally:
                         self.groups += 1
+                        if self.observe_group is not None:
+                            self.observe_group(len(group))
                         if len(group) > 1:
                             self.grouped += len(group)
                         for w in group:
@@ -327,6 +334,7 @@ class SqliteDatabase(Database):
             inline: bool = False) -> T:
         if self._closed:
             raise DatabaseError("database is closed")
+        started = time.perf_counter()
         try:
             if write:
                 result, txn = self._write(name, fn, args)
@@ -334,6 +342,8 @@ class SqliteDatabase(Database):
                 result, txn = self._read(name, fn, args, inline)
         except sqlite3.Error as e:
             raise _translate_sqlite_error(e) from e
+        if self.observe is not None:
+            self.observe(name, time.perf_counter() - started, write)
         self._finish(txn)
         return result
 
@@ -402,6 +412,7 @@ class PostgresDatabase(Database):
         if self._closed:
             raise DatabaseError("database is closed")
         psycopg = self._psycopg
+        started = time.perf_counter()
         for attempt in range(3):
             try:
                 with self._conn() as conn:
@@ -409,6 +420,8 @@ class PostgresDatabase(Database):
                         with conn.cursor() as cur:
                             txn = Txn(POSTGRES, cur, name)
                             result = fn(txn, *args)
+                if self.observe is not None:
+                    self.observe(name, time.perf_counter() - started, write)
                 self._finish(txn)
                 return result
             except psycopg.errors.SerializationFailure:

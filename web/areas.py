@@ -48,6 +48,9 @@ def register_all(app: Flask, runtime: Any) -> None:
     from web import federation_wiring  # federation: after every area it serves
 
     federation_wiring.register(app, runtime)
+    from web import metrics  # /health and /_synapse/metrics: last, it reads every part
+
+    metrics.register(app, runtime)
 
 
 def _register_rooms(app: Flask, runtime: Any) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from http import HTTPStatus
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl
@@ -41,10 +42,11 @@ class SyncEndpoint:
         method = environ.get("REQUEST_METHOD")
         if environ.get("PATH_INFO") not in PATHS or method == "OPTIONS":
             return self.wsgi(environ, start_response)
+        started = time.perf_counter()
         rid = request_id(environ)
         request_id_var.set(rid)
         qs = environ.get("QUERY_STRING", "")
-        status, body = 200, None
+        status, body, user_id = 200, None, None
         extra: list[tuple[str, str]] = []
         try:
             if method != "GET":
@@ -54,6 +56,7 @@ class SyncEndpoint:
                                token_from(environ.get("HTTP_AUTHORIZATION"),
                                           args.get("access_token")),
                                allow_guest=True)
+            user_id = req.user_id
             answer = get_sync(self.runtime, req, args.get)
             del args  # not kept while the /sync waits
             body = answer()
@@ -75,6 +78,9 @@ class SyncEndpoint:
         if log.isEnabledFor(logging.INFO):
             log.info("%s %s -> %s", method, loggable_path(environ.get("PATH_INFO", ""), qs),
                      status)
+        observe = self.runtime.parts.get("observe_sync")  # web/metrics.py, when enabled
+        if observe is not None:
+            observe(method, status, started, user_id)
         return [data]
 
 

@@ -60,6 +60,7 @@ PUBLIC = {
     "profile.get_field", "media.download", "media.download_named", "media.thumbnail",
     "media.config", "static",
     "room_summary", "room_summary_unstable",  # optional auth (room_summary.yaml: MAY)
+    "health", "prometheus",  # operators' probes (Synapse's: no token either)
 }
 
 # Tables a *rejected* request may legitimately see change: a UIA 401 opens a session; push
