@@ -88,6 +88,9 @@ def _register_rooms(app: Flask, runtime: Any) -> None:
     from web import timestamp_lookup  # /timestamp_to_event (asks other servers too)
 
     timestamp_lookup.register(app, runtime)
+    from web import search, user_directory  # message search, the user directory (issue 16)
+
+    search.register(app, runtime), user_directory.register(app, runtime)
 
 
 def _register_sync(app: Flask, runtime: Any) -> None:
