@@ -107,10 +107,9 @@ def test_matrix_js_sdk_new_user_flow(start_atrium) -> None:
     assert media["detail"]["bytes"] == 3000
     assert media["detail"]["content_uri"].startswith(f"mxc://{server.server_name}/")
 
-    # optional modules Atrium does not serve yet (README "Not done yet") answer 404
-    # M_UNRECOGNIZED; anything else unsupported is a regression. Drop a name from this set
-    # when the module lands, so the step is held to passing.
-    assert set(result["unsupported"]) <= {"search", "user directory search"}, result["unsupported"]
+    # every optional module the flow tries (search, the user directory) is served now: none
+    # may answer 404 M_UNRECOGNIZED
+    assert result["unsupported"] == [], result["unsupported"]
 
     # nothing the SDK did made the server fail
     assert "Traceback" not in log, log[-6000:]

@@ -450,8 +450,14 @@ await optionalStep("user directory search", async () => {
 });
 
 await optionalStep("search", async () => {
-  const res = await alice.searchRoomEvents({ term: "bob" });
-  check(res.results.some((r) => r.context.getEvent().getContent().body?.includes("bob")), "search found nothing");
+  // bob's earlier message was redacted above: a redacted message must not be found
+  const gone = await alice.searchRoomEvents({ term: "bob" });
+  check(!gone.results.some((r) => r.context.getEvent().getContent().body?.includes("bob here")),
+    "a redacted message was found");
+  await bob.sendTextMessage(roomId, "the zanzibar archipelago, said bob");
+  const res = await alice.searchRoomEvents({ term: "zanzibar" });
+  check(res.results.some((r) => r.context.getEvent().getContent().body?.includes("zanzibar")),
+    "search did not find the message just sent");
   return { count: res.count ?? res.results.length };
 });
 
