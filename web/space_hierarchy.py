@@ -46,6 +46,7 @@ MAX_VIA = 3                  # servers asked for one remote room
 PAGINATION_TTL = 300.0       # s a next_batch token stays valid
 MAX_SESSIONS = 10_000
 REMOTE_TTL = 300.0           # s a remote hierarchy answer is reused
+FAILURE_TTL = 30.0           # s no answer from any via server is remembered
 MAX_REMOTE_CACHE = 1_000
 REMOTE_TIMEOUT = 10.0        # s per remote server asked
 _BAD_ORDER = re.compile(r"[^\x20-\x7E]")
@@ -160,7 +161,9 @@ class SpaceWalker:
             if answer is not None:
                 break
         with self._lock:
-            self._remote[key] = (now + REMOTE_TTL, answer)
+            # a failure is remembered briefly: the via servers may be back soon
+            self._remote[key] = (now + (REMOTE_TTL if answer is not None else FAILURE_TTL),
+                                 answer)
             self._remote.move_to_end(key)
             while len(self._remote) > MAX_REMOTE_CACHE:
                 self._remote.popitem(last=False)
