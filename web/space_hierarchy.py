@@ -38,6 +38,7 @@ from atrium.errors import MatrixError, invalid_param
 from federation.hierarchy import OPEN_RULES, RESTRICTED_RULES, Hierarchy
 from protocol.ids import is_valid_room_id, is_valid_server_name
 from web.auth import require_auth
+from web.http import query_bool, query_int
 
 log = logging.getLogger(__name__)
 
@@ -282,26 +283,6 @@ class SpaceWalker:
             return Session(session.key, list(session.queue), set(session.processed))
 
 
-def _bool_arg(name: str) -> bool:
-    raw = request.args.get(name, "false")
-    if raw not in ("true", "false"):
-        raise invalid_param(f"'{name}' must be true or false")
-    return raw == "true"
-
-
-def _int_arg(name: str, minimum: int) -> int | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return None
-    try:
-        v = int(raw)
-    except ValueError:
-        raise invalid_param(f"'{name}' must be an integer") from None
-    if v < minimum or v > 2 ** 31:
-        raise invalid_param(f"'{name}' must be at least {minimum}")
-    return v
-
-
 def register(app: Flask, runtime: Any) -> SpaceWalker:
     rooms = runtime.parts["rooms"]
     walker = SpaceWalker(runtime.config.server_name, Hierarchy(runtime.db, rooms), rooms,
@@ -312,9 +293,9 @@ def register(app: Flask, runtime: Any) -> SpaceWalker:
     def space_hierarchy(room_id: str) -> Any:
         """GET /_matrix/client/v1/rooms/{roomId}/hierarchy"""
         req = require_auth()
-        suggested_only = _bool_arg("suggested_only")
-        limit = _int_arg("limit", 1)
-        max_depth = _int_arg("max_depth", 0)
+        suggested_only = query_bool("suggested_only")
+        limit = query_int("limit", minimum=1, maximum=MAX_ROOMS)
+        max_depth = query_int("max_depth", minimum=0)
         token = request.args.get("from")
         if not is_valid_room_id(room_id):
             raise MatrixError(403, "M_FORBIDDEN", "Not a room id")
