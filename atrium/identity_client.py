@@ -99,24 +99,26 @@ def lookup_value(medium: str, address: str, pepper: str, algorithm: str) -> str:
     return f"{address} {medium}"
 
 
-class _PinnedHTTPS(HTTPAdapter):
-    """Connects to the address in the URL while TLS (SNI, certificate name) uses ``host``."""
+class PinnedHTTPS(HTTPAdapter):
+    """Connects to the address in the URL while TLS (SNI, certificate name) uses ``host``;
+    certificates are checked against ``ca_file`` or certifi's roots when ``verify``.  Used
+    wherever an outbound request goes to an address checked against an IP-range list first
+    (identity servers here, URL previews in web/url_preview.py)."""
 
-    def __init__(self, host: str, verify: bool) -> None:
+    def __init__(self, host: str, verify: bool, ca_file: str | None = None) -> None:
         self._host = host
         self._verify = verify
+        self._ca_file = ca_file
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False,
                          **kw: Any) -> None:
         kw["server_hostname"] = self._host
         if self._verify:
-            kw.update(cert_reqs="CERT_REQUIRED", assert_hostname=self._host)
-            try:
-                import certifi  # noqa: PLC0415
-                kw["ca_certs"] = certifi.where()
-            except ImportError:
-                pass
+            import certifi  # noqa: PLC0415 - a dependency of requests
+
+            kw.update(cert_reqs="CERT_REQUIRED", assert_hostname=self._host,
+                      ca_certs=self._ca_file or certifi.where())
         else:
             kw.update(cert_reqs="CERT_NONE", assert_hostname=False)
         super().init_poolmanager(connections, maxsize, block, **kw)
@@ -321,7 +323,7 @@ class IdentityClient:
         addresses = self._addresses(host, port)
         deadline = time.monotonic() + self.timeout
         session = requests.Session()
-        session.mount("https://", _PinnedHTTPS(host, self.verify_tls))
+        session.mount("https://", PinnedHTTPS(host, self.verify_tls))
         data = json.dumps(body).encode("utf-8") if body is not None else None
         send_headers = {"Host": host_header, "User-Agent": "Atrium", **headers}
         if data is not None:

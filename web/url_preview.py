@@ -44,11 +44,11 @@ import gevent
 import gevent.event
 import requests
 from flask import Flask, g, jsonify, request
-from requests.adapters import HTTPAdapter
 
 from actors.media import MEDIA_KEY, CommitUpload, blocking
 from actors.thumbnailer import probe, remove_quietly
 from atrium.errors import MatrixError, invalid_param, missing_param, unrecognized
+from atrium.identity_client import PinnedHTTPS
 from atrium.url_preview_config import UrlPreviewConfig
 from federation.ipfilter import IpFilter, parse_ip
 from store.url_previews import UrlPreviewStore
@@ -97,35 +97,6 @@ class Fetched:
     path: str | None = None
     length: int = 0
     sha256: str = ""
-
-
-class _PinnedTLS(HTTPAdapter):
-    """Connects to the address in the URL while TLS (SNI, certificate name) uses ``host``."""
-
-    def __init__(self, host: str, verify: bool, ca_file: str | None) -> None:
-        self._host = host
-        self._verify = verify
-        self._ca_file = ca_file
-        super().__init__(max_retries=0)
-
-    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False,
-                         **kw: Any) -> None:
-        kw["server_hostname"] = self._host
-        if self._verify:
-            import certifi  # noqa: PLC0415 - a dependency of requests
-
-            kw.update(cert_reqs="CERT_REQUIRED", assert_hostname=self._host,
-                      ca_certs=self._ca_file or certifi.where())
-        else:
-            kw.update(cert_reqs="CERT_NONE", assert_hostname=False)
-        super().init_poolmanager(connections, maxsize, block, **kw)
-
-    def get_connection_with_tls_context(self, request: Any, verify: Any, proxies: Any = None,
-                                        cert: Any = None) -> Any:
-        return self.poolmanager.connection_from_url(request.url)
-
-    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-        return None
 
 
 def url_blocked(config: UrlPreviewConfig, url: str) -> bool:
@@ -238,7 +209,7 @@ class Fetcher:
                    "Accept": "text/html,application/xhtml+xml,image/*;q=0.9,*/*;q=0.1"}
         session = requests.Session()
         session.trust_env = False       # never through a proxy: the checks are ours
-        session.mount("https://", _PinnedTLS(host, self.verify_tls, self.ca_file))
+        session.mount("https://", PinnedHTTPS(host, self.verify_tls, self.ca_file))
         try:
             last: Exception | None = None
             for addr in self.addresses(host, port)[:MAX_ADDRESSES]:
