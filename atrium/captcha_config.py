@@ -26,13 +26,17 @@ class CaptchaConfig:
     siteverify_api: str = DEFAULT_SITEVERIFY_API
 
 
-def _key(raw: dict[str, Any], key: str, error: type[Exception]) -> str | None:
-    """``key`` given inline or as ``key_path`` (a file holding it), not both."""
+def inline_or_file(raw: dict[str, Any], key: str, error: type[Exception], *,
+                   strip: bool = True) -> str | None:
+    """``key`` given inline or as ``key_path`` (a file holding it), not both (Synapse's
+    secrets: the CAPTCHA keys, ``turn_shared_secret``).  The file's text is stripped; the
+    inline value too unless ``strip`` is false."""
     value, path = raw.get(key), raw.get(f"{key}_path")
-    if value is not None and (not isinstance(value, str) or not value.strip()):
+    if value is not None and (not isinstance(value, str)
+                              or not (value.strip() if strip else value)):
         raise error(f"config key '{key}' must be a non-empty string")
     if path is None:
-        return value.strip() if value is not None else None
+        return (value.strip() if strip else value) if value is not None else None
     if value is not None:
         raise error(f"config key '{key}_path' cannot be used together with '{key}'")
     if not isinstance(path, str) or not path:
@@ -54,8 +58,8 @@ def parse_captcha_config(raw: dict[str, Any], error: type[Exception]) -> Captcha
     from atrium.config import _bool  # noqa: PLC0415 - config imports this module
 
     enabled = _bool(raw, "enable_registration_captcha", False)
-    public_key = _key(raw, "recaptcha_public_key", error)
-    private_key = _key(raw, "recaptcha_private_key", error)
+    public_key = inline_or_file(raw, "recaptcha_public_key", error)
+    private_key = inline_or_file(raw, "recaptcha_private_key", error)
     api = raw.get("recaptcha_siteverify_api", DEFAULT_SITEVERIFY_API)
     parts = urlsplit(api) if isinstance(api, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:

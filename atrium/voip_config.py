@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from atrium.captcha_config import inline_or_file
+
 #: what a TURN (or STUN) URI may start with (RFC 7065 / RFC 7064)
 URI_SCHEMES = ("turn:", "turns:", "stun:", "stuns:")
 
@@ -32,28 +34,6 @@ class VoipConfig:
                                          or self.turn_username is not None)
 
 
-def _secret(raw: dict[str, Any], error: type[Exception]) -> str | None:
-    value, path = raw.get("turn_shared_secret"), raw.get("turn_shared_secret_path")
-    if value is not None and (not isinstance(value, str) or not value):
-        raise error("config key 'turn_shared_secret' must be a non-empty string")
-    if path is None:
-        return value
-    if value is not None:
-        raise error("config key 'turn_shared_secret_path' cannot be used together with "
-                    "'turn_shared_secret'")
-    if not isinstance(path, str) or not path:
-        raise error(f"config key 'turn_shared_secret_path' must be a file path (got {path!r})")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read().strip()
-    except OSError as e:
-        raise error(f"config key 'turn_shared_secret_path' names a file that cannot be "
-                    f"read: {e.strerror}") from None
-    if not text:
-        raise error("config key 'turn_shared_secret_path' names an empty file")
-    return text
-
-
 def parse_voip_config(raw: dict[str, Any], error: type[Exception]) -> VoipConfig:
     """Validate the TURN keys of the top-level mapping ``raw``; ``error`` is ConfigError
     (its message is one line naming the key)."""
@@ -67,7 +47,7 @@ def parse_voip_config(raw: dict[str, Any], error: type[Exception]) -> VoipConfig
             and " " not in u for u in uris):
         raise error(f"config key 'turn_uris' must be a list of turn:, turns: (or stun:) URIs "
                     f"(got {uris!r})")
-    secret = _secret(raw, error)
+    secret = inline_or_file(raw, "turn_shared_secret", error, strip=False)
     username, password = raw.get("turn_username"), raw.get("turn_password")
     for key, value in (("turn_username", username), ("turn_password", password)):
         if value is not None and (not isinstance(value, str) or not value):
