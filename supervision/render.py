@@ -12,10 +12,11 @@ type, time waiting in the mailbox, time running in the handler, outcome (and err
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from supervision.tracer import TraceRecord
 
-__all__ = ["render_records", "render_recent", "render_trace"]
+__all__ = ["render_records", "render_recent", "render_trace", "sequence"]
 
 
 def _ms(start: float | None, end: float | None) -> str:
@@ -83,6 +84,47 @@ def render_recent(records: Sequence[TraceRecord], actor_key: str | None = None) 
     width = max(len(r.trace_id) for r in records)
     return "\n".join([head, *(f"  {r.trace_id.ljust(width)}{line}"
                               for r, line in zip(records, lines, strict=True))])
+
+
+def _wait_run_ms(r: TraceRecord) -> tuple[float | None, float | None]:
+    """(time queued, time in the handler) in ms; ``None`` where it does not apply."""
+    def ms(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round((b - a) * 1000, 3)
+
+    if r.started_at is not None:
+        return ms(r.enqueued_at, r.started_at), ms(r.started_at, r.ended_at)
+    if r.outcome == "timeout":  # gave up while it was still queued
+        return ms(r.enqueued_at, r.ended_at), None
+    return None, None
+
+
+def sequence(records: Sequence[TraceRecord]) -> dict[str, Any]:
+    """The records as a sequence diagram's data (the operator's console draws it): the
+    participants (lanes) in order of first appearance, and one message per record in enqueue
+    order with its offset from the first (``at_ms``), ``wait_ms``, ``run_ms``, outcome
+    (``None`` while in flight) and error.  A sender's lane is its first word: every
+    ``web PUT /_matrix/…`` request is the lane ``web`` (the full sender stays in
+    ``sender``), so a room's traffic has one lane per party, not one per request."""
+    participants: list[str] = []
+    seen: set[str] = set()
+    messages: list[dict[str, Any]] = []
+    t0 = records[0].enqueued_at if records else None
+    for r in records:
+        lane = r.sender.split(" ", 1)[0] or r.sender
+        for who in (lane, r.recipient):
+            if who not in seen:
+                seen.add(who)
+                participants.append(who)
+        wait, run = _wait_run_ms(r)
+        messages.append({
+            "seq": r.seq, "trace_id": r.trace_id, "from": lane, "to": r.recipient,
+            "sender": r.sender,
+            "type": r.message_type, "kind": r.kind,
+            "at_ms": round((r.enqueued_at - (t0 or 0.0)) * 1000, 3),
+            "wait_ms": wait, "run_ms": run, "outcome": r.outcome, "error": r.error,
+        })
+    return {"participants": participants, "messages": messages, "started_at": t0,
+            "span_ms": round(_span_ms(records), 3) if records else 0.0}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

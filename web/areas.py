@@ -70,6 +70,9 @@ def _register_rooms(app: Flask, runtime: Any) -> None:
 
     room_reads.register(app, runtime)  # room reads: /messages, /context, /relations, /threads
     admin.register(app, runtime)
+    from web import console  # the operator's console: static page over the admin API
+
+    console.register(app, runtime)
     from store.directory import DirectoryStore  # directory
     from web import directory, room_upgrade  # directory
 

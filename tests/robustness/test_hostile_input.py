@@ -61,6 +61,7 @@ PUBLIC = {
     "media.config", "static",
     "room_summary", "room_summary_unstable",  # optional auth (room_summary.yaml: MAY)
     "health", "prometheus",  # operators' probes (Synapse's: no token either)
+    "console",  # the operator's console page: static files, no data (the API it calls is admin)
 }
 
 # Tables a *rejected* request may legitimately see change: a UIA 401 opens a session; push
