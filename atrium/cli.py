@@ -184,6 +184,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def cmd_port_db(args: argparse.Namespace) -> int:
+    from atrium.port_db import main as port_db_main  # noqa: PLC0415
+
+    return port_db_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m atrium", description="Atrium homeserver tools")
     sub = p.add_subparsers(dest="command", required=True)
@@ -221,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo_parser(d)
     d.set_defaults(func=cmd_demo)
+
+    pd = sub.add_parser("port-db", help="copy a stopped server's SQLite database into the "
+                                        "PostgreSQL database the config names (resumable)")
+    from atrium.port_db import add_arguments as port_db_arguments  # noqa: PLC0415
+
+    port_db_arguments(pd)
+    pd.set_defaults(func=cmd_port_db)
 
     sub.add_parser("trace", help="show actor traces of a running server "
                                  "(python -m atrium trace --help)", add_help=False)
