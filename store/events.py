@@ -233,6 +233,18 @@ class EventStore:
                 " SET event_id = excluded.event_id, membership = excluded.membership",
                 (room_id, etype, skey, eid, membership))
 
+    def forget_purged(self, room_id: str, event_ids: Any, *, whole_room: bool) -> None:
+        """Drop cached copies of rows an admin purge removed or changed: the events named,
+        every cached event of the room (kept ones may have become outliers), and with
+        ``whole_room`` its room version too."""
+        for eid in list(event_ids):
+            self._cache.pop(eid, None)
+        for eid, se in list(self._cache.items()):
+            if se.room_id == room_id:
+                self._cache.pop(eid, None)
+        if whole_room:
+            self._room_versions.pop(room_id, None)
+
     # ------------------------------------------------------------------ reading
     def room_version(self, room_id: str) -> RoomVersion | None:
         rv = self._room_versions.get(room_id)

@@ -436,6 +436,11 @@ class StreamFollower:
         self._worker: gevent.Greenlet | None = None
         self._saved_at = time.monotonic()
         self.failures = 0
+        # what the admin API's background-update status shows (web/synapse_admin_server.py)
+        self.items = 0                # stream positions handled by this process
+        self.busy = 0.0               # seconds spent in steps
+        self.rate: float | None = None  # items per ms, exponential average over steps
+        self.in_step = False
 
     def start(self) -> None:
         if self._worker is None:
@@ -491,12 +496,16 @@ class StreamFollower:
             upto = self.stream.current()
             if self.position >= upto:
                 break
+            began, self.in_step = time.monotonic(), True
             try:
                 reached, saved = self.step(self.position, upto)
             except Exception:  # noqa: BLE001 - logged; retried on the next wake or sweep
                 self.failures += 1
                 log.exception("%s: indexing from %d failed", self.name, self.position)
                 return
+            finally:
+                self.in_step = False
+            self._count(reached - self.position, time.monotonic() - began)
             self.position = max(self.position, reached)
             if saved:
                 self.saved, self._saved_at = self.position, time.monotonic()
@@ -512,6 +521,13 @@ class StreamFollower:
             gevent.sleep(0)
         if big:
             log.info("%s: caught up at stream position %d", self.name, self.position)
+
+    def _count(self, n: int, spent: float) -> None:
+        n = max(0, n)
+        self.items += n
+        self.busy += spent
+        r = n / max(spent * 1000, 0.001)
+        self.rate = r if self.rate is None else 0.8 * self.rate + 0.2 * r
 
     def _persist(self, force: bool = False) -> None:
         if self.position <= self.saved:

@@ -109,6 +109,7 @@ class Supervisor:
         self._children: dict[str, _Child] = {}
         self._faults: dict[str, list[Any]] = {}  # key -> [kind, remaining, delay]
         self._stopping = False
+        self._retired: set[str] = set()  # keys refused until reinstate() (retire())
         self._counts: Counter[str] = Counter()
 
     # -- public API ----------------------------------------------------------------------
@@ -214,6 +215,28 @@ class Supervisor:
         self._children.clear()
         return stuck == 0
 
+    def retire(self, key: str, timeout: float = 10.0) -> bool:
+        """Stop ``key``'s actor once the messages already queued are done, and refuse new
+        ones (``SupervisorStopped``) until :meth:`reinstate`: for work that must not run
+        beside the actor, nor have it restarted meanwhile (a room being purged).  ``True``
+        once no actor of ``key`` runs."""
+        self._retired.add(key)
+        child = self._children.get(key)
+        if child is None:
+            return True
+        self._cancel_timer(child)
+        self._fail_held(child, STOPPED, lambda: SupervisorStopped(child.key))
+        if child.actor is None:  # restarting, parked, or its factory still running
+            self._drop(child)
+            return True
+        if child.state == RUNNING:
+            child.actor.actor_inbox.put(_Item(_STOP))
+        return child.exited is None or child.exited.wait(timeout)
+
+    def reinstate(self, key: str) -> None:
+        """Accept messages for a key :meth:`retire` closed; the next one starts an actor."""
+        self._retired.discard(key)
+
     @property
     def stopped(self) -> bool:
         return self._stopping
@@ -272,6 +295,10 @@ class Supervisor:
         kind = "ask" if is_ask else "tell"
         if self._stopping:
             err: SupervisionError = SupervisorStopped(key)
+            self.tracer.rejected(trace_id, sender, self.name, key, msg, kind, STOPPED, err)
+            raise err
+        if key in self._retired:
+            err = SupervisorStopped(key)
             self.tracer.rejected(trace_id, sender, self.name, key, msg, kind, STOPPED, err)
             raise err
         child = self._children.get(key)
@@ -369,7 +396,7 @@ class Supervisor:
             child.exited.set()
         child.held.extendleft(reversed(leftovers))  # they were queued before the held ones
         crash = actor._crash
-        if self._stopping:
+        if self._stopping or child.key in self._retired:
             self._fail_held(child, STOPPED, lambda: SupervisorStopped(child.key))
             self._drop(child)
             return

@@ -1,7 +1,8 @@
 """The logged-in user's account (spec: client-server-api, "Account registration and
 management", "Current account information", "Server administration"):
-``GET /account/whoami``, ``POST /account/password``, ``POST /account/deactivate``,
-``GET /admin/whois/{userId}``.
+``GET /account/whoami``, ``POST /account/password``, ``POST /account/deactivate`` (the
+rooms are left after it: web/synapse_admin_users.py ``Parter``, which also serves
+``GET /admin/whois/{userId}``).
 
 Password change and deactivation need UIA ``m.login.password``.
 
@@ -60,19 +61,7 @@ def register(app: Flask, runtime: Any) -> None:
     uia: InteractiveAuth = runtime.parts["uia"]
     bp = Blueprint("account", __name__)
 
-    @bp.get("/_matrix/client/v3/admin/whois/<user_id>")
-    def whois(user_id: str) -> Any:
-        """GET /_matrix/client/v3/admin/whois/{userId}"""
-        requester = require_auth()
-        if not requester.is_admin and requester.user_id != user_id:
-            raise MatrixError(403, "M_FORBIDDEN", "You may only look up yourself")
-        devices: dict[str, Any] = {}
-        for d in accounts.device_connections(user_id):
-            conn = {"ip": d["last_seen_ip"], "last_seen": d["last_seen_ts"],
-                    "user_agent": d["last_seen_user_agent"]}
-            seen = d["last_seen_ts"] is not None
-            devices[d["device_id"]] = {"sessions": [{"connections": [conn] if seen else []}]}
-        return jsonify({"user_id": user_id, "devices": devices})
+    # GET /admin/whois/{userId}: web/synapse_admin_users.py (with Synapse's admin path)
 
     @bp.get("/_matrix/client/v3/account/whoami")
     def whoami() -> Any:

@@ -43,6 +43,15 @@ def register_all(app: Flask, runtime: Any) -> None:
     server_notices.register(app, runtime)
     _register_push(app, runtime)  # push
     _register_e2ee(app, runtime)  # e2ee
+    from web import synapse_admin_devices, synapse_admin_users  # issue 17: admin API, users
+
+    # after rooms (deactivation leaves them), sync, push and e2ee (device deletion hooks)
+    synapse_admin_users.register(app, runtime), synapse_admin_devices.register(app, runtime)
+    from web import reports, synapse_admin_media, synapse_admin_reports, synapse_admin_server
+
+    for admin_area in (reports, synapse_admin_reports, synapse_admin_media,  # issue 17
+                       synapse_admin_server):  # after search and the user directory
+        admin_area.register(app, runtime)
     # last of the room hooks: the /syncs it wakes run after what the others scheduled
     runtime.parts["rooms"].on_persisted.append(runtime.parts["sync"].wake_persisted)
     from web import federation_wiring  # federation: after every area it serves
@@ -94,6 +103,9 @@ def _register_rooms(app: Flask, runtime: Any) -> None:
     from web import search, user_directory  # message search, the user directory (issue 16)
 
     search.register(app, runtime), user_directory.register(app, runtime)
+    from web import synapse_admin_rooms  # the rooms half of Synapse's admin API (issue 17)
+
+    synapse_admin_rooms.register(app, runtime)
 
 
 def _register_sync(app: Flask, runtime: Any) -> None:

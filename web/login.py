@@ -59,6 +59,10 @@ def register(app: Flask, runtime: Any) -> None:
         if user is None or not check_password(password, user.password_hash):
             limiter.check("login_failed", user_id, config.rc_login_failed_attempts)
             raise forbidden("Invalid username or password")
+        policy = runtime.parts.get("user_policy")  # locked by an admin (Synapse's answer)
+        if policy is not None and user_id in policy.locked:
+            raise MatrixError(401, "M_USER_LOCKED", "This account has been locked",
+                              soft_logout=True)
         return jsonify(session_response(accounts.login(user_id, login), config.server_name))
 
     def thirdparty_user(body: dict[str, Any]) -> str | None:

@@ -13,6 +13,7 @@ from web.client_events import client_event
 from web.guest_access import guest_member_state
 from web.http import json_body
 from web.room_service import RoomService
+from web.synapse_admin_users import fake_event_id
 
 from actors.room_messages import EventSpec
 
@@ -39,8 +40,13 @@ def register(app: Flask, runtime: Any) -> None:
              redacts: str | None = None) -> Any:
         room(room_id)
         _check_indexed_fields(spec.content)
+        policy = runtime.parts["user_policy"]  # web/synapse_admin.py: shadow-bans, overrides
+        if policy.is_shadow_banned(req.user_id) and (
+                spec.type != "m.room.member" or spec.content.get("membership") == "invite"):
+            return jsonify({"event_id": fake_event_id()})  # as Synapse: looks sent, is not
         if not req.is_admin:
-            ratelimiter.check("message", req.user_id, config.rc_message)
+            ratelimiter.check("message", req.user_id,
+                              policy.message_limit(req.user_id, config.rc_message))
         txn = (req.device_id or "", txn_id) if txn_id is not None else None
         sent = svc.send(room_id, spec, txn=txn, redacts=redacts)
         return jsonify({"event_id": sent.event_id})

@@ -21,6 +21,7 @@ from flask import Blueprint, Flask, g, jsonify
 
 from atrium.errors import MatrixError
 from protocol.ids import is_valid_room_alias, is_valid_room_id, is_valid_user_id, server_of
+from store.admin_rooms import room_blocked
 from web.auth import Requester, require_auth
 from web.guest_access import guest_join_content
 from web.http import check_type, json_body, require
@@ -80,6 +81,11 @@ def register(app: Flask, runtime: Any) -> None:
         if not is_valid_room_id(room_id):
             raise MatrixError(400, "M_INVALID_PARAM", f"Invalid room id {room_id!r}")
 
+    def not_blocked(room_id: str) -> None:
+        """Rooms an admin blocked (web/synapse_admin_rooms.py): no join, invite or knock."""
+        if room_blocked(svc.db, room_id):
+            raise MatrixError(403, "M_FORBIDDEN", "This room has been blocked on this server")
+
     @bp.post(f"{P}/createRoom")
     def create_room() -> Any:
         """POST /_matrix/client/v3/createRoom"""
@@ -89,6 +95,8 @@ def register(app: Flask, runtime: Any) -> None:
         from web.third_party_invite import invite_3pid, parse_invite_3pid
 
         invites_3pid = parse_invite_3pid(body)
+        if runtime.parts["user_policy"].is_shadow_banned(req.user_id):
+            body, invites_3pid = {**body, "invite": []}, []  # as Synapse: room, no invites
         plan = plan_room(rv, req.user_id, config.server_name, body,
                          creator_profile=get_profile(svc, req.user_id))
         if plan.alias is not None and svc.db.run("alias_taken", lambda t: t.query_value(
@@ -183,6 +191,8 @@ def register(app: Flask, runtime: Any) -> None:
         if not is_valid_user_id(target):
             raise MatrixError(400, "M_INVALID_PARAM", f"Invalid user id {target!r}")
         svc.require_room(room_id)
+        if membership == "invite":
+            not_blocked(room_id)
         content: dict[str, Any] = {"membership": membership}
         reason = _reason(body)
         if reason is not None:
@@ -243,6 +253,7 @@ def register(app: Flask, runtime: Any) -> None:
     def do_join(req: Requester, room_id_or_alias: str) -> Any:
         body = json_body(optional=True)
         room_id, servers = resolve_target(unquote(room_id_or_alias))
+        not_blocked(room_id)
         extra = guest_join_content(svc, req, room_id)  # 403 for guests unless can_join
         if isinstance(body, dict) and svc.membership(room_id, req.user_id)[0] != "join":
             third_party_signed(req, room_id, body)
@@ -283,6 +294,7 @@ def register(app: Flask, runtime: Any) -> None:
         req = require_auth()
         body = json_body(optional=True)
         room_id, servers = resolve_target(unquote(room_id_or_alias))
+        not_blocked(room_id)
         j = joins()
         remote = candidates(room_id, req.user_id, servers) \
             if j is not None and not resident(room_id) else []
@@ -324,6 +336,8 @@ def register(app: Flask, runtime: Any) -> None:
         """POST /_matrix/client/v3/rooms/{roomId}/invite"""
         req = require_auth()
         body = json_body()
+        if runtime.parts["user_policy"].is_shadow_banned(req.user_id):
+            return jsonify({})  # as Synapse: the invite looks sent and is not
         if "medium" in body and "address" in body:  # by third-party identifier, as Synapse
             from web.third_party_invite import invite_3pid, parse_invite
 

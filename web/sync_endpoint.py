@@ -57,6 +57,10 @@ class SyncEndpoint:
                                           args.get("access_token")),
                                allow_guest=True)
             user_id = req.user_id
+            policy = self.runtime.parts.get("user_policy")  # an admin locked the account
+            if policy is not None and policy.locked and user_id in policy.locked:
+                raise MatrixError(401, "M_USER_LOCKED", "This account has been locked",
+                                  soft_logout=True)
             answer = get_sync(self.runtime, req, args.get)
             del args  # not kept while the /sync waits
             body = answer()

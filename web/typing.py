@@ -125,6 +125,8 @@ def register(app: Flask, runtime: Any) -> None:
         timeout = check_type(body, "timeout", int, default=DEFAULT_TIMEOUT_MS)
         if req.user_id != user_id:
             raise MatrixError(403, "M_FORBIDDEN", "Cannot set typing for other users")
+        if runtime.parts["user_policy"].is_shadow_banned(user_id):
+            return jsonify({})  # as Synapse: nobody is told
         if typing and timeout is None:
             timeout = DEFAULT_TIMEOUT_MS
         membership, _ = rooms.membership(room_id, user_id)

@@ -45,6 +45,11 @@ DESTRUCTIVE = {
     "media.delete", "media.quarantine", "media.unquarantine", "push_rules.delete_rule",
     "push_rules.put_rule", "pushers.set_pusher", "room_events.put_state",
     "room_events.redact", "atrium_admin.room_fault", "atrium_admin.actor_fault",
+    "synapse_admin_users.deactivate", "synapse_admin_users.reset_password",
+    "synapse_admin_users.put_user", "synapse_admin_users.shadow_ban",
+    "synapse_admin_users.set_override", "synapse_admin_devices.delete_device",
+    "synapse_admin_devices.delete_devices", "synapse_admin_devices.put_device",
+    "synapse_admin_media.delete_user_media",
 }
 
 # Requests whose body is not JSON (raw upload bytes).
@@ -158,7 +163,8 @@ def good_param(name: str, endpoint: str, ctx: Actor, world: World) -> str:
         "name": "rooms", "key": ctx.room_id, "trace_id": "trace1", "filename": "x.css",
         "field": "displayname",
         "server_name": SERVER, "key_id": "ed25519:x", "destination": REMOTE.name,
-        "media_id": ctx.media_id,
+        "media_id": ctx.media_id, "token": "robusttoken",
+        "delete_id": "robustdelete", "purge_id": "robustpurge", "report_id": "1",
     }
     return values[name]
 
@@ -349,6 +355,19 @@ def seed_body(endpoint: str, ctx: Actor, world: World) -> dict[str, Any]:
                                         "displayname": "d"},
         "synapse_admin.new_token": {"token": "abc" + world.next(), "uses_allowed": 1,
                                     "expiry_time": None, "length": 16},
+        "synapse_admin_users.put_user": {"displayname": "d", "avatar_url": "mxc://x/y",
+                                         "admin": False, "user_type": None, "locked": False,
+                                         "deactivated": False, "password": "pw",
+                                         "logout_devices": False, "threepids": [],
+                                         "external_ids": []},
+        "synapse_admin_users.deactivate": {"erase": False},
+        "synapse_admin_users.reset_password": {"new_password": "pw", "logout_devices": False},
+        "synapse_admin_users.set_override": {"messages_per_second": 1, "burst_count": 1},
+        "synapse_admin_users.login_as": {"valid_until_ms": None},
+        "synapse_admin_devices.create_device": {"device_id": "NEWDEV"},
+        "synapse_admin_devices.put_device": {"display_name": "d"},
+        "synapse_admin_devices.delete_devices": {"devices": ["NODEV"]},
+        "synapse_admin.put_token": {"uses_allowed": 1, "expiry_time": None},
         "atrium_admin.room_fault": {"kind": "crash", "count": 0},
         "atrium_admin.actor_fault": {"kind": "crash", "count": 0},
     }
