@@ -4,12 +4,58 @@ One gevent worker per server: a room's actor must be the only writer of that roo
 workers would mean two actors for one room (STACK-NOTES).  Scale out by routing rooms to
 processes, not by raising ``workers``.  Never ``preload_app``: actors must start in the worker.
 
-TLS: with ``tls_certificate_path`` and ``tls_private_key_path`` in the Atrium config the same
-listener serves HTTPS (federation needs TLS); without them it is plain HTTP, as for ``make run``.
+Bind: ``ATRIUM_BIND`` (``host:port``, ``[v6]:port``, a port alone = 127.0.0.1, ``unix:/path``,
+comma-separated), else the config's Synapse ``listeners``, else 127.0.0.1:8008
+(atrium/listeners.py); gunicorn's ``-b`` on the command line still wins.  TLS: with
+``tls_certificate_path`` and ``tls_private_key_path`` in the Atrium config (and, when there are
+listeners, one with ``tls: true``) the listeners serve HTTPS (federation needs TLS); without
+them it is plain HTTP, as for ``make run``.  Before binding, ``on_starting`` checks the config
+and its files (atrium/config_checks.py): a problem is one line and exit status 4.
 """
 import os
+import sys
 
-bind = os.environ.get("ATRIUM_BIND", "127.0.0.1:8008")
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+if _ROOT not in sys.path:  # gunicorn adds the working directory only after reading this file
+    sys.path.insert(0, _ROOT)
+
+
+def _raw_config():
+    """The Atrium config as a mapping, read cheaply with yaml without building the app; {}
+    for anything odd (no file, bad YAML, not a mapping): the app reports a bad config
+    properly when it starts."""
+    try:
+        import yaml
+
+        with open(os.environ.get("ATRIUM_CONFIG") or "homeserver.yaml", encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+        return raw if isinstance(raw, dict) else {}
+    except Exception:  # noqa: BLE001 -- never a traceback from the settings file
+        return {}
+
+
+def _listeners(raw):
+    from atrium.listeners import parse_listeners
+
+    try:
+        return parse_listeners(raw.get("listeners"), ValueError, lambda _msg: None)
+    except Exception:  # noqa: BLE001 -- the app names the bad key when it starts
+        return ()
+
+
+def _bind(listeners):
+    from atrium.listeners import BindError, bind_addresses
+
+    try:
+        binds = bind_addresses(listeners)
+    except BindError as e:  # a bad ATRIUM_BIND: one line, no traceback
+        print(f"atrium: {e}", file=sys.stderr, flush=True)
+        sys.exit(4)
+    return binds[0] if len(binds) == 1 else binds
+
+
+_LISTENERS = _listeners(_raw_config())
+bind = _bind(_LISTENERS)
 workers = 1
 worker_class = "gevent"
 worker_connections = 4000
@@ -18,6 +64,10 @@ keepalive = 30          # pooled clients saw resets with gunicorn's 2 s default
 timeout = 60
 graceful_timeout = 20
 accesslog = None
+# gunicorn's own lines in Atrium's format, through the root logger (so log_config gets the
+# worker's too), and an access line for the requests gunicorn answers itself; the app writes
+# every other access line (atrium/access_log.py, docs/deploy.md "Logs")
+logger_class = "atrium.access_log.GunicornLogger"
 control_socket_disable = True  # gunicorn 27 opens ~/.gunicorn/ by default; not needed
 
 
@@ -28,13 +78,10 @@ def _tls_files():
     odd (no file, bad YAML, keys missing or unreadable) gives None, and the app reports a
     bad config properly when it starts."""
     try:
-        import yaml
-
         path = os.environ.get("ATRIUM_CONFIG") or "homeserver.yaml"
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-        if not isinstance(raw, dict):
-            return None
+        raw = _raw_config()
+        if _LISTENERS and not any(lst.tls for lst in _LISTENERS):
+            return None  # Synapse's listeners: HTTPS only where one asks for tls
         cert, key = raw.get("tls_certificate_path"), raw.get("tls_private_key_path")
         if not (isinstance(cert, str) and isinstance(key, str) and cert and key):
             return None
@@ -54,12 +101,19 @@ if _tls is not None:
     certfile, keyfile = _tls
 
 
-def _runtime():
-    import sys
+def on_starting(server):
+    """Before binding: write a default config for the addresses about to be bound, check the
+    config, its files and the addresses; a problem stops here with one line."""
+    from atrium.config_checks import before_binding
 
+    before_binding(server)
+
+
+def _runtime():
     web = sys.modules.get("web")
     app = getattr(web, "__dict__", {}).get("app") if web else None
-    if app is None:
+    # the app failed to load: "app" is then the submodule web.app, not the Flask app
+    if app is None or not hasattr(app, "extensions"):
         return None
     from web.app import runtime_of
 

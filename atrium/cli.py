@@ -5,7 +5,13 @@ hash-password`` (a bcrypt hash for the ``users.password_hash`` column, like Syna
 ``hash_password``) and ``python -m atrium demo`` (three federating servers on loopback,
 :mod:`atrium.demo`).
 
-Exit codes: 0 success, 1 the server refused or could not be reached, 2 bad usage or config.
+Exit codes: 0 success, 1 the server refused or could not be reached, 2 bad usage or config,
+130 interrupted, 141 the reader of the output went away (``| head``), like coreutils.
+
+The server's URL (``register --url``) defaults to where the server listens: ``ATRIUM_BIND``,
+else the config's ``public_baseurl`` when it is on this machine, else its ``listeners``
+(:func:`atrium.listeners.client_url`), so ``ATRIUM_BIND=127.0.0.1:8710`` serves and
+registers alike.
 """
 from __future__ import annotations
 
@@ -63,34 +69,77 @@ def _describe(r: Any) -> str:
         return f"{r.status_code}: {r.text[:200]}"
 
 
-def _load(path: str | None) -> Config:
-    return load_config(path or config_path_from_env(), write_default=False)
+def _load(path: str | None, *, warn: bool = True) -> Config:
+    return load_config(path or config_path_from_env(), write_default=False, warn=warn)
+
+
+def server_url(config: Config | None) -> str:
+    """Where this machine reaches the server (see the module docstring)."""
+    from atrium.listeners import client_url  # noqa: PLC0415
+
+    if config is None:
+        return client_url(None, (), False)
+    return client_url(config.public_baseurl, config.listeners, config.serves_tls)
+
+
+def _new_password() -> str:
+    """Prompted for twice on a terminal, else one line of stdin; EOFError when stdin is
+    closed, ValueError when the two differ."""
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\r\n")
+    password = getpass.getpass("Password: ")
+    if password != getpass.getpass("Confirm password: "):
+        raise ValueError("passwords do not match")
+    return password
 
 
 def cmd_register(args: argparse.Namespace) -> int:
     secret = args.shared_secret
-    if secret is None:
+    config = None
+    if secret is None or args.url is None:
         try:
-            secret = _load(args.config).registration_shared_secret
+            config = _load(args.config, warn=False)
         except ConfigError as e:
-            print(f"atrium: {e}", file=sys.stderr)
-            return 2
+            if secret is None:
+                print(f"atrium: {e}", file=sys.stderr)
+                return 2
+        if secret is None and config is not None:
+            secret = config.registration_shared_secret
     if not secret:
         print("atrium: no registration_shared_secret in the config (or --shared-secret)",
               file=sys.stderr)
         return 2
-    username = args.user or input("New user localpart: ").strip()
+    from atrium.listeners import BindError  # noqa: PLC0415
+
+    try:
+        url = args.url or server_url(config)
+    except BindError as e:
+        print(f"atrium: {e}", file=sys.stderr)
+        return 2
+    try:
+        username = args.user or input("New user localpart: ").strip()
+    except EOFError:
+        print("atrium: no user name given (stdin closed)", file=sys.stderr)
+        return 2
     password = args.password
     if password is None:
-        password = getpass.getpass("Password: ")
-        if password != getpass.getpass("Confirm password: "):
-            print("atrium: passwords do not match", file=sys.stderr)
+        try:
+            password = _new_password()
+        except ValueError as e:
+            print(f"atrium: {e}", file=sys.stderr)
+            return 2
+        except EOFError:
+            print("atrium: no password given (stdin closed)", file=sys.stderr)
             return 2
     if not username or not password:
         print("atrium: username and password must not be empty", file=sys.stderr)
         return 2
+    args.url = url
     try:
-        result = register_user(args.url, secret, username, password, admin=args.admin,
+        result = register_user(url, secret, username, password, admin=args.admin,
                                user_type=args.user_type)
     except RuntimeError as e:
         print(f"atrium: registration failed: {e}", file=sys.stderr)
@@ -104,10 +153,28 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """The checks start-up makes, creating nothing: every problem is one line."""
+    from atrium.config_checks import bind_problems, check_environment  # noqa: PLC0415
+    from atrium.config import KNOWN_KEYS  # noqa: PLC0415
+    from atrium.listeners import BindError, bind_addresses  # noqa: PLC0415
+    from atrium.synapse_keys import unused_key_warnings  # noqa: PLC0415
+
     try:
-        config = _load(args.config)
-    except ConfigError as e:
+        config = _load(args.config, warn=False)
+        binds = bind_addresses(config.listeners)
+    except (ConfigError, BindError) as e:
         print(f"atrium: {e}", file=sys.stderr)
+        return 2
+    for line in unused_key_warnings(config.raw, KNOWN_KEYS):
+        print(f"atrium: warning: {line}", file=sys.stderr)
+    problems, notes = check_environment(config)
+    for p in bind_problems(binds):  # in use: most likely by this server, running
+        (notes.append(f"{p} (a running server?)") if "in use" in p else problems.append(p))
+    for line in notes:
+        print(f"atrium: note: {line}", file=sys.stderr)
+    for line in problems:
+        print(f"atrium: {line}", file=sys.stderr)
+    if problems:
         return 2
     if config.enable_registration and not (config.enable_registration_without_verification
                                            or config.registration_requires_token
@@ -118,7 +185,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
               "registration will be refused (this server cannot verify e-mail)",
               file=sys.stderr)
     print(f"config {config.path} is valid (server_name: {config.server_name}, "
-          f"database: {config.database.name})")
+          f"database: {config.database.name}, listening on {', '.join(binds)})")
+    return 0
+
+
+def cmd_generate_signing_key(args: argparse.Namespace) -> int:
+    """A new signing key at the config's ``signing_key_path`` (never over an existing one)."""
+    from atrium.keys import create_signing_key, key_id  # noqa: PLC0415
+
+    try:
+        key = create_signing_key(_load(args.config, warn=False).signing_key_path)
+    except ConfigError as e:
+        print(f"atrium: {e}", file=sys.stderr)
+        return 2
+    print(f"new signing key {key_id(key)}")
     return 0
 
 
@@ -204,13 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-c", "--config", help="config file holding registration_shared_secret "
                                          "(default: $ATRIUM_CONFIG or ./homeserver.yaml)")
     r.add_argument("-k", "--shared-secret", help="the shared secret, instead of a config file")
-    r.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
+    r.add_argument("--url", help="server URL (default: where ATRIUM_BIND or the config's "
+                                 f"public_baseurl / listeners say, else {DEFAULT_URL})")
     r.set_defaults(func=cmd_register)
 
     c = sub.add_parser("check-config", help="validate the config file")
     c.add_argument("-c", "--config", help="config file (default: $ATRIUM_CONFIG or "
                                          "./homeserver.yaml)")
     c.set_defaults(func=cmd_check_config)
+
+    k = sub.add_parser("generate-signing-key", help="write a new signing key at the config's "
+                                                    "signing_key_path (only if none is there)")
+    k.add_argument("-c", "--config", help="config file (default: $ATRIUM_CONFIG or "
+                                         "./homeserver.yaml)")
+    k.set_defaults(func=cmd_generate_signing_key)
 
     h = sub.add_parser("hash-password", help="print a bcrypt hash of a password, for "
                                              "users.password_hash (e.g. a forgotten admin "
@@ -242,10 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["trace"]:
-        # `python -m atrium trace …`: the actor-trace tool (its own options; see --help)
-        from atrium.trace_cli import main as trace_main
+    try:
+        if argv[:1] == ["trace"]:
+            # `python -m atrium trace …`: the actor-trace tool (its own options; see --help)
+            from atrium.trace_cli import main as trace_main
 
-        return int(trace_main(argv[1:]))
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+            code = int(trace_main(argv[1:]))
+        else:
+            args = build_parser().parse_args(argv)
+            code = int(args.func(args))
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # the reader went away (`| head -1`): end quietly, and keep Python's exit-time
+        # flush of stdout from complaining about the same pipe
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,12 @@ from typing import Any
 import yaml
 
 from atrium.captcha_config import CaptchaConfig, parse_captcha_config
+from atrium.default_config import write_default_config
 from atrium.email_config import ThreepidSettings, parse_email_config
 from atrium.federation_config import FederationConfig, parse_federation_config
+from atrium.listeners import Listener, parse_listeners
 from atrium.server_notices_config import ServerNoticesConfig, parse_server_notices_config
+from atrium.synapse_keys import unused_key_warnings
 from atrium.url_preview_config import UrlPreviewConfig, parse_url_preview_config
 from atrium.voip_config import VoipConfig, parse_voip_config
 
@@ -130,6 +132,20 @@ class Config:
     voip: VoipConfig = field(default_factory=VoipConfig)
     # Prometheus metrics at /_synapse/metrics (Synapse's key; web/metrics.py, docs/metrics.md)
     enable_metrics: bool = False
+    # Synapse's listeners (type http): addresses, tls, x_forwarded (atrium/listeners.py)
+    listeners: tuple[Listener, ...] = ()
+
+    @property
+    def x_forwarded(self) -> bool:
+        """Some listener takes the client's address from X-Forwarded-For."""
+        return any(lst.x_forwarded for lst in self.listeners)
+
+    @property
+    def serves_tls(self) -> bool:
+        """gunicorn serves HTTPS: a certificate is configured and, when there are
+        listeners, one of them asks for tls."""
+        return (self.federation.tls_certificate_path is not None
+                and (not self.listeners or any(lst.tls for lst in self.listeners)))
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -215,7 +231,7 @@ KNOWN_KEYS = {
     "registration_requires_token", "bcrypt_rounds", "rc_message", "rc_registration",
     "rc_login", "rc_joins", "rc_invites", "rc_admin_redaction", "default_room_version",
     "enable_fault_injection", "serve_server_wellknown", "refreshable_access_token_lifetime",
-    "enable_metrics",
+    "enable_metrics", "log_config",
     "actors", "trace", "log_level", "report_stats", "pid_file", "listeners",
     "enable_media_repo", "media", "federation", "enable_legacy_unauthenticated_media",
     "url_preview_enabled", "room_list_publication_rules", "presence", "push",
@@ -244,13 +260,15 @@ KNOWN_KEYS = {
 }
 
 
-def parse_config(raw: Any, path: str = "<memory>", base_dir: str | None = None) -> Config:
-    """Validate a loaded YAML mapping into a :class:`Config`."""
+def parse_config(raw: Any, path: str = "<memory>", base_dir: str | None = None, *,
+                 warn: bool = True) -> Config:
+    """Validate a loaded YAML mapping into a :class:`Config`; ``warn`` logs what is ignored
+    (Synapse keys Atrium does not implement, unknown keys with a suggestion)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a YAML mapping at the top level")
-    unknown = sorted(k for k in raw if k not in KNOWN_KEYS)
-    if unknown:
-        log.warning("config: ignoring unknown keys: %s", ", ".join(map(str, unknown)))
+    say = log.warning if warn else (lambda msg: None)
+    for line in unused_key_warnings(raw, KNOWN_KEYS):
+        say(line)
     base = Path(base_dir or os.path.dirname(os.path.abspath(path)) or ".")
 
     def rel(p: str) -> str:
@@ -401,6 +419,8 @@ def parse_config(raw: Any, path: str = "<memory>", base_dir: str | None = None) 
         threepid=parse_email_config(raw, ConfigError, parse_duration),
         captcha=parse_captcha_config(raw, ConfigError),
         voip=parse_voip_config(raw, ConfigError),
+        listeners=parse_listeners(raw.get("listeners"), ConfigError, say,
+                                  has_certificate=bool(raw.get("tls_certificate_path"))),
     )
 
 
@@ -470,15 +490,29 @@ def config_path_from_env() -> str:
     return os.environ.get("ATRIUM_CONFIG") or DEFAULT_CONFIG_PATH
 
 
-def load_config(path: str | None = None, *, write_default: bool = True) -> Config:
-    """Load and validate the config file, writing a commented default if it is missing."""
+def load_config(path: str | None = None, *, write_default: bool = True, warn: bool = True,
+                binds: list[str] | None = None) -> Config:
+    """Load and validate the config file, writing a commented default if it is missing (for
+    the addresses ``binds``, else ``ATRIUM_BIND``'s, else 127.0.0.1:8008)."""
     path = path or config_path_from_env()
     if not os.path.exists(path):
         if not write_default:
             raise ConfigError(f"config file {path} does not exist")
-        write_default_config(path)
+        if binds is None:
+            from atrium.listeners import BindError, bind_addresses
+
+            try:
+                binds = bind_addresses(())
+            except BindError as e:
+                raise ConfigError(str(e)) from None
+        try:
+            write_default_config(path, binds=binds)
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be written: "
+                              f"{e.strerror or e}") from None
         log.warning("no config at %s: wrote a default one (server_name: localhost, "
-                    "SQLite under ./data); edit it and restart", path)
+                    "SQLite under ./data, listening on %s); edit it and restart",
+                    path, ", ".join(binds))
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f)
@@ -488,48 +522,4 @@ def load_config(path: str | None = None, *, write_default: bool = True) -> Confi
         raise ConfigError(f"config file {path} is not valid YAML{where}") from None
     except OSError as e:
         raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
-    return parse_config(raw if raw is not None else {}, path)
-
-
-DEFAULT_TEMPLATE = """\
-# Atrium configuration, written because {path} did not exist.
-# Every key is documented in config.example.yaml; key names follow Synapse's.
-
-# The domain part of your users' ids (@alice:SERVER_NAME). Cannot be changed later.
-server_name: "{server_name}"
-
-# Where clients reach this server (advertised in /.well-known/matrix/client).
-public_baseurl: "http://127.0.0.1:8008/"
-
-# SQLite (embedded) by default. For PostgreSQL use:
-#   database: {{name: psycopg2, args: {{user: atrium, dbname: atrium, host: 127.0.0.1}}}}
-database:
-  name: sqlite3
-  args:
-    database: data/homeserver.db
-
-signing_key_path: data/signing.key
-media_store_path: data/media_store
-max_upload_size: 50M
-
-# Open registration is off; create users with `python -m atrium register`.
-enable_registration: false
-registration_shared_secret: "{secret}"
-
-# Federation: other servers' signing keys are asked of this notary first, then of each
-# server directly (Synapse's default; [] = always ask each server itself).
-trusted_key_servers:
-  - server_name: matrix.org
-"""
-
-
-def write_default_config(path: str, server_name: str = "localhost") -> None:
-    """Write a commented default config and a fresh signing key beside it."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    text = DEFAULT_TEMPLATE.format(path=path, server_name=server_name,
-                                   secret=secrets.token_urlsafe(32))
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    return parse_config(raw if raw is not None else {}, path, warn=warn)

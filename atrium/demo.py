@@ -274,7 +274,7 @@ def _usage(directory: Path, ca_path: str, users: list[dict[str, Any]]) -> str:
     lines += [
         "",
         f"Clients must trust the demo CA {ca_path}",
-        f"  (curl --cacert …, REQUESTS_CA_BUNDLE=… for Python clients, SSL_CERT_FILE=…).",
+        "  (curl --cacert …, REQUESTS_CA_BUNDLE=… for Python clients, SSL_CERT_FILE=…).",
         "Log in with any Matrix client at the base URLs above, or try a remote profile "
         f"lookup ({a['user_id']} asks {b['user_id'].split(':', 1)[1]} about "
         f"{b['user_id']}):",

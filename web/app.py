@@ -16,9 +16,11 @@ from werkzeug.datastructures import ImmutableMultiDict
 
 from atrium.config import Config, ConfigError, load_config
 from atrium.errors import MatrixError
+from atrium import access_log
+from atrium.log_config import configure_logging
 from atrium.logs import request_id_var, setup_logging
 from web.errors import error_response, install_error_handlers
-from web.http import DEFAULT_HEADERS, loggable_path, request_id
+from web.http import DEFAULT_HEADERS, request_id
 from web.ratelimit import Ratelimiter
 
 log = logging.getLogger(__name__)
@@ -126,8 +128,7 @@ class AtriumRequest(Request):
 
 
 def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
-    from atrium.keys import load_or_create_signing_key
-    from store.database import open_database
+    from atrium.config_checks import open_store
 
     app = Flask("atrium")
     app.request_class = AtriumRequest
@@ -136,10 +137,9 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
     app.config["ATRIUM_MAX_BODY"] = config.max_request_body_size
     app.url_map.strict_slashes = False
 
-    db = open_database(config.database.name, config.database.args)
-    runtime = Runtime(config=config, db=db,
-                      signing_key=load_or_create_signing_key(config.signing_key_path),
-                      ratelimiter=Ratelimiter())
+    # folders, database, server identity and signing key: ConfigError (one line) if unusable
+    db, signing_key = open_store(config)
+    runtime = Runtime(config=config, db=db, signing_key=signing_key, ratelimiter=Ratelimiter())
     runtime.shutdown_hooks.append(db.close)
     app.extensions["atrium"] = runtime
 
@@ -161,6 +161,7 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
 
     @app.before_request
     def _start() -> Response | None:
+        access_log.start(request.environ)
         rid = request_id(request.environ)
         g.request_id = rid
         request_id_var.set(rid)
@@ -179,9 +180,9 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
                 headers.add(k, v)
         if "x-request-id" not in present and "request_id" in g:
             headers.add("X-Request-Id", g.request_id)
-        if log.isEnabledFor(logging.INFO) and (request.path.startswith("/_matrix/")
-                                               or request.path.startswith("/_synapse/")):
-            log.info("%s %s -> %s", request.method, _safe_path(), resp.status_code)
+        # the access line of every request (atrium/access_log.py: docs/deploy.md "Logs")
+        access_log.write(request.environ, resp.status_code, resp.content_length,
+                         g.get("requester"))
         return resp
 
     from web import areas
@@ -192,11 +193,13 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
     # own, and each parked /sync keeps a copy of the C stack below it (~0.3 KB a layer).
     app.wsgi_app = ReadyFirstMiddleware(  # type: ignore[method-assign]
         LegacyPathMiddleware(app.wsgi_app).__call__).__call__
+    # outermost: behind a reverse proxy (x_forwarded) every layer sees the real client
+    from atrium.listeners import forwarded_for_layer
+
+    forwarded = forwarded_for_layer(config.listeners)
+    if forwarded is not None:
+        app.wsgi_app = forwarded(app.wsgi_app).__call__  # type: ignore[method-assign]
     return app
-
-
-def _safe_path() -> str:
-    return loggable_path(request.path, request.query_string.decode("latin-1"))
 
 
 def app_from_environment() -> Flask:
@@ -207,8 +210,8 @@ def app_from_environment() -> Flask:
     except ConfigError as e:
         print(f"atrium: {e}", file=sys.stderr, flush=True)
         sys.exit(4)  # gunicorn: "App failed to load", and the arbiter halts
-    setup_logging(config.log_level)
     try:
+        configure_logging(config)  # its log_config file, else log_level (atrium/log_config.py)
         app = create_app(config)
     except ConfigError as e:
         print(f"atrium: {e}", file=sys.stderr, flush=True)

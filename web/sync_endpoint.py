@@ -19,14 +19,15 @@ from http import HTTPStatus
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl
 
+from atrium import access_log
 from atrium.errors import MatrixError
 from atrium.logs import request_id_var
 from web.auth import authenticate, token_from
 from web.errors import error_for, retry_after
-from web.http import DEFAULT_HEADERS, loggable_path, request_id
+from web.http import DEFAULT_HEADERS, request_id
 from web.sync import get_sync
 
-log = logging.getLogger("web.app")  # the access log lines of every other route come from there
+log = logging.getLogger(__name__)
 
 PATHS = ("/_matrix/client/v3/sync", "/_matrix/client/v3/sync/")
 
@@ -46,7 +47,7 @@ class SyncEndpoint:
         rid = request_id(environ)
         request_id_var.set(rid)
         qs = environ.get("QUERY_STRING", "")
-        status, body, user_id = 200, None, None
+        status, body, user_id, req = 200, None, None, None
         extra: list[tuple[str, str]] = []
         try:
             if method != "GET":
@@ -79,9 +80,7 @@ class SyncEndpoint:
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
                    *((k, v) for _, k, v in DEFAULT_HEADERS), ("X-Request-Id", rid), *extra]
         start_response(f"{status} {_phrase(status)}", headers)
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s %s -> %s", method, loggable_path(environ.get("PATH_INFO", ""), qs),
-                     status)
+        access_log.write(environ, status, len(data), req, started)  # to the handler's end
         observe = self.runtime.parts.get("observe_sync")  # web/metrics.py, when enabled
         if observe is not None:
             observe(method, status, started, user_id)

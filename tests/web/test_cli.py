@@ -44,3 +44,74 @@ def test_register_unreachable_server(tmp_path, capsys):
     assert main(["register", "-u", "a", "-p", "b", "-c", cfg,
                  "--url", "http://127.0.0.1:9"]) == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+class _Tty:
+    """stdin as a terminal (getpass is replaced, so nothing is read from it)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_register_prompts_twice_on_a_terminal(tmp_path, capsys, monkeypatch):
+    cfg = _config(tmp_path, registration_shared_secret="x")
+    answers = iter(["one", "two"])
+    monkeypatch.setattr("sys.stdin", _Tty())
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
+    assert main(["register", "-u", "a", "-c", cfg, "--url", "http://127.0.0.1:9"]) == 2
+    assert "passwords do not match" in capsys.readouterr().err
+    answers = iter(["same", "same"])
+    assert main(["register", "-u", "a", "-c", cfg, "--url", "http://127.0.0.1:9"]) == 1
+    assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_register_with_a_closed_stdin_is_one_line(tmp_path, capsys, monkeypatch):
+    import io
+
+    cfg = _config(tmp_path, registration_shared_secret="x")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["register", "-u", "a", "-c", cfg]) == 2
+    assert capsys.readouterr().err == "atrium: no password given (stdin closed)\n"
+    assert main(["register", "-c", cfg]) == 2
+    assert capsys.readouterr().err == "atrium: no user name given (stdin closed)\n"
+
+
+def test_register_finds_the_server_where_it_listens(tmp_path, capsys, monkeypatch):
+    """Without --url: ATRIUM_BIND, else a public_baseurl on this machine, else the
+    listeners (port 9 answers nothing: the message names the URL tried)."""
+    monkeypatch.delenv("ATRIUM_BIND", raising=False)
+    cfg = _config(tmp_path, registration_shared_secret="x",
+                  public_baseurl="https://matrix.example.org/",
+                  listeners=[{"port": 9, "type": "http", "bind_addresses": ["127.0.0.1"]}])
+    assert main(["register", "-u", "a", "-p", "b", "-c", cfg]) == 1
+    assert "cannot reach http://127.0.0.1:9:" in capsys.readouterr().err
+    monkeypatch.setenv("ATRIUM_BIND", "19")
+    assert main(["register", "-u", "a", "-p", "b", "-c", cfg]) == 1
+    assert "cannot reach http://127.0.0.1:19:" in capsys.readouterr().err
+    monkeypatch.setenv("ATRIUM_BIND", "nonsense")
+    assert main(["register", "-u", "a", "-p", "b", "-c", cfg]) == 2
+    assert "ATRIUM_BIND must be" in capsys.readouterr().err
+    monkeypatch.delenv("ATRIUM_BIND")
+    cfg = _config(tmp_path, registration_shared_secret="x", public_baseurl="http://localhost:29/")
+    assert main(["register", "-u", "a", "-p", "b", "-c", cfg]) == 1
+    assert "cannot reach http://localhost:29:" in capsys.readouterr().err
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """``python -m atrium check-config | head -0``: exit 141 (as coreutils), no traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = _config(tmp_path, media_store_path=str(tmp_path / "m"))
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        p = subprocess.run([sys.executable, "-m", "atrium", "check-config", "-c", cfg],
+                           stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
+                           cwd=str(Path(__file__).resolve().parents[2]))
+    finally:
+        os.close(write)
+    assert p.returncode == 141, p.stderr
+    assert "Traceback" not in p.stderr and "Exception ignored" not in p.stderr
