@@ -188,6 +188,14 @@ def _pg_schema_problem(config: Config, conn: Any) -> str | None:
     if schema and conn.execute("SELECT 1 FROM information_schema.schemata "
                                "WHERE schema_name = %s", (schema,)).fetchone() is None:
         return f"config key 'database.args.schema': schema {schema!r} does not exist"
+    from atrium.port_db_copy import SOURCE_TABLE  # noqa: PLC0415
+
+    # a port-db run that has not finished (it drops its bookkeeping once the counts match)
+    name = f"{schema}.{SOURCE_TABLE}" if schema else SOURCE_TABLE
+    if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is not None:
+        return ("config key 'database': this PostgreSQL database holds an unfinished "
+                "`python -m atrium port-db` run; run the same command again to finish it "
+                "before starting the server")
     return None
 
 

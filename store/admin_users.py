@@ -90,6 +90,8 @@ def _where(f: UserFilter) -> tuple[str, list[Any]]:
 def _user_row(r: dict[str, Any]) -> dict[str, Any]:
     for k in ("is_guest", "admin", "deactivated", "shadow_banned", "erased", "locked"):
         r[k] = bool(r[k])
+    if r.get("creation_ts") is not None:   # stored in ms; Synapse's admin API answers seconds
+        r["creation_ts"] = int(r["creation_ts"]) // 1000
     return r
 
 

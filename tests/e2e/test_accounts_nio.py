@@ -115,7 +115,7 @@ def test_cli_register_with_wrong_secret_fails(atrium_server):
 
 def test_admin_helper_registers_admin(atrium_server):
     login = atrium_server.register("helperadmin", "pw", admin=True)
-    r = requests.get(f"{atrium_server.base_url}/_synapse/admin/v2/users/helperadmin",
+    r = requests.get(f"{atrium_server.base_url}/_synapse/admin/v2/users/{login['user_id']}",
                      headers={"Authorization": f"Bearer {login['access_token']}"}, timeout=10)
     assert r.status_code == 200 and r.json()["admin"] is True
 

@@ -305,6 +305,12 @@ def test_kill_9_mid_table_then_the_same_command_finishes_the_job(tmp_path, sourc
     assert killed, "the port finished before it could be killed mid-table"
     copied, done = progress_rows(schema)["events"]
     assert not done and 50 < copied < 600 + N
+    # the server refuses to start on the half-ported database, with one line
+    from atrium.config import ConfigError, load_config
+    from atrium.config_checks import open_store
+
+    with pytest.raises(ConfigError, match="unfinished `python -m atrium port-db` run"):
+        open_store(load_config(cfg, write_default=False))
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "Resuming the port of" in r.stdout and "All " in r.stdout

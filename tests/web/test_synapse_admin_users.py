@@ -82,6 +82,8 @@ def test_list_users_paging_filters_and_order(client, admin, app):
     assert set(r.json["users"][0]) >= {"name", "user_type", "is_guest", "admin", "deactivated",
                                        "shadow_banned", "displayname", "avatar_url",
                                        "creation_ts", "erased", "last_seen_ts", "locked"}
+    # Synapse answers creation_ts in seconds (its users table keeps seconds)
+    assert abs(r.json["users"][0]["creation_ts"] - time.time()) < 600
     r = client.get(f"{A2}/users?from=2&limit=2", headers=admin)
     assert [u["name"] for u in r.json["users"]] == [uid("dora"), uid("root")]
     assert "next_token" not in r.json
