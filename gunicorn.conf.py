@@ -5,8 +5,10 @@ workers would mean two actors for one room (STACK-NOTES).  Scale out by routing 
 processes, not by raising ``workers``.  Never ``preload_app``: actors must start in the worker.
 
 Bind: ``ATRIUM_BIND`` (``host:port``, ``[v6]:port``, a port alone = 127.0.0.1, ``unix:/path``,
-comma-separated), else the config's Synapse ``listeners``, else 127.0.0.1:8008
-(atrium/listeners.py); gunicorn's ``-b`` on the command line still wins.  TLS: with
+comma-separated), else the config's Synapse ``listeners`` (``type: http``, and ``type:
+metrics`` with ``enable_metrics: true``; each serves its ``resources``:
+atrium/listener_resources.py), else 127.0.0.1:8008 (atrium/listeners.py); gunicorn's ``-b``
+on the command line still wins.  TLS: with
 ``tls_certificate_path`` and ``tls_private_key_path`` in the Atrium config (and, when there are
 listeners, one with ``tls: true``) the listeners serve HTTPS (federation needs TLS); without
 them it is plain HTTP, as for ``make run``.  Before binding, ``on_starting`` checks the config
@@ -35,10 +37,13 @@ def _raw_config():
 
 
 def _listeners(raw):
+    """The config's http and metrics listeners; a metrics listener without
+    ``enable_metrics: true`` is left out (not bound), as Synapse does."""
     from atrium.listeners import parse_listeners
 
     try:
-        return parse_listeners(raw.get("listeners"), ValueError, lambda _msg: None)
+        return parse_listeners(raw.get("listeners"), ValueError, lambda _msg: None,
+                               enable_metrics=raw.get("enable_metrics") is True)
     except Exception:  # noqa: BLE001 -- the app names the bad key when it starts
         return ()
 

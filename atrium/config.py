@@ -420,7 +420,8 @@ def parse_config(raw: Any, path: str = "<memory>", base_dir: str | None = None, 
         captcha=parse_captcha_config(raw, ConfigError),
         voip=parse_voip_config(raw, ConfigError),
         listeners=parse_listeners(raw.get("listeners"), ConfigError, say,
-                                  has_certificate=bool(raw.get("tls_certificate_path"))),
+                                  has_certificate=bool(raw.get("tls_certificate_path")),
+                                  enable_metrics=_bool(raw, "enable_metrics", False)),
     )
 
 

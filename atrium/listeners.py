@@ -3,8 +3,9 @@
 Owns three answers, used by ``gunicorn.conf.py`` (what to bind), by the default config and
 the CLI (the URL this server is reached at) and by the app (the client's address):
 
-* Synapse's ``listeners`` block (``type: http``, ``port``, ``bind_addresses``, ``path``,
-  ``tls``, ``x_forwarded``, ``resources``) parsed into :class:`Listener`;
+* Synapse's ``listeners`` block (``type: http`` or ``metrics``, ``port``,
+  ``bind_addresses``, ``path``, ``tls``, ``x_forwarded``, ``resources``) parsed into
+  :class:`Listener`;
 * ``ATRIUM_BIND`` (``host:port``, ``[v6]:port``, a port alone = ``127.0.0.1:port``,
   ``unix:/path``; several separated by commas), which overrides the listeners' addresses;
 * :class:`ForwardedFor`, the WSGI layer that, on a listener with ``x_forwarded: true``, takes
@@ -13,6 +14,8 @@ the CLI (the URL this server is reached at) and by the app (the client's address
   ``trusted_proxies``); the first untrusted hop is the client.  A request that does not come
   from a trusted proxy keeps its own address, so a client cannot choose the address it is
   rate-limited by.  (Synapse trusts the leftmost entry unconditionally.)
+* which paths each listener serves (:meth:`Listener.paths`, Synapse's resource names); the
+  WSGI layer that enforces it is in ``atrium/listener_resources.py``.
 
 Only the standard library is imported here: ``gunicorn.conf.py`` imports this module in the
 arbiter, before gevent patches anything.
@@ -32,10 +35,29 @@ SYNAPSE_DEFAULT_ADDRESSES = ("::", "0.0.0.0")
 LISTENER_KEYS = {"port", "bind_addresses", "bind_address", "type", "tls", "x_forwarded",
                  "resources", "path", "mode", "tag", "request_id_header",
                  "additional_resources", "trusted_proxies"}
-RESOURCES = {"client", "consent", "federation", "health", "keys", "media", "metrics",
-             "openid", "replication", "static"}
-#: what one Atrium listener serves, whatever ``resources`` names
-SERVED = ("client", "federation")
+#: Synapse's resource names → the path prefixes they serve (its homeserver.py: ``client``
+#: also serves the admin API, /.well-known and media; ``federation`` keys and media too);
+#: Atrium's own /_atrium/* (admin API, console) goes with ``client``.  Names whose paths
+#: Atrium does not serve are accepted and named in a warning.
+RESOURCE_PATHS: dict[str, tuple[str, ...]] = {
+    "client": ("/_matrix/client", "/_synapse/client", "/_synapse/admin", "/_atrium/",
+               "/.well-known/", "/_matrix/media"),
+    "federation": ("/_matrix/federation", "/_matrix/key", "/_matrix/media",
+                   "/.well-known/matrix/server"),
+    "media": ("/_matrix/media", "/_matrix/client/v1/media/", "/_matrix/federation/v1/media/"),
+    "keys": ("/_matrix/key",),
+    "openid": ("/_matrix/federation/v1/openid/",),
+    "metrics": ("/_synapse/metrics",),
+    "health": (),
+    "consent": (), "replication": (), "static": (),
+}
+RESOURCES = set(RESOURCE_PATHS)
+#: accepted, but nothing of theirs is served
+UNSERVED_RESOURCES = ("consent", "replication", "static")
+#: on every listener, as Synapse
+ALWAYS_SERVED = ("/health",)
+#: what a ``type: metrics`` listener serves
+METRICS_PATHS = ("/_synapse/metrics", "/health")
 
 
 class BindError(ValueError):
@@ -44,15 +66,17 @@ class BindError(ValueError):
 
 @dataclass(frozen=True)
 class Listener:
-    """One ``type: http`` entry of ``listeners``."""
+    """One ``type: http`` or ``type: metrics`` entry of ``listeners``."""
 
     port: int | None                        # None for a unix socket
     bind_addresses: tuple[str, ...] = ()
     path: str | None = None                 # unix socket
     tls: bool = False
     x_forwarded: bool = False
-    resources: tuple[str, ...] = SERVED
+    #: Synapse's resource names; None (no ``resources`` key): every resource
+    resources: tuple[str, ...] | None = None
     trusted_proxies: tuple[str, ...] = ()
+    kind: str = "http"                      # or "metrics"
 
     def binds(self) -> list[str]:
         """gunicorn ``bind`` strings."""
@@ -60,83 +84,63 @@ class Listener:
             return [f"unix:{self.path}"]
         return [_hostport(a, self.port or 0) for a in _collapse(self.bind_addresses)]
 
+    def paths(self) -> tuple[str, ...] | None:
+        """The path prefixes served here; None for everything."""
+        if self.kind == "metrics":
+            return METRICS_PATHS
+        if self.resources is None:
+            return None
+        out = dict.fromkeys(ALWAYS_SERVED)
+        for name in self.resources:
+            out.update(dict.fromkeys(RESOURCE_PATHS[name]))
+        return tuple(out)
+
+    @property
+    def serves_client(self) -> bool:
+        return self.kind == "http" and (self.resources is None or "client" in self.resources)
+
 
 # --------------------------------------------------------------------------- parsing
 
 def parse_listeners(value: Any, error: Callable[[str], Exception],
                     warn: Callable[[str], None], *, has_certificate: bool = True,
-                    ) -> tuple[Listener, ...]:
-    """Synapse's ``listeners`` list → the http listeners; other types are named in a warning
-    (they are not served); a bad entry raises ``error`` naming ``listeners[i].key``."""
+                    enable_metrics: bool | None = None) -> tuple[Listener, ...]:
+    """Synapse's ``listeners`` list → the http and metrics listeners; other types are named
+    in a warning (they are not served); a bad entry raises ``error`` naming
+    ``listeners[i].key``.  With ``enable_metrics`` false a metrics listener is left out with
+    a warning, as Synapse does (None: not known here, kept)."""
     if value is None:
         return ()
     if not isinstance(value, list):
         raise error("config key 'listeners' must be a list of listener mappings")
     out: list[Listener] = []
+    bound: dict[str, str] = {}
     for i, entry in enumerate(value):
         key = f"listeners[{i}]"
         if not isinstance(entry, dict):
             raise error(f"config key '{key}' must be a mapping with port and type")
         kind = entry.get("type")
         if kind not in ("http", "metrics", "manhole", "replication"):
-            raise error(f"config key '{key}.type' must be http (got {kind!r})")
-        if kind != "http":
-            warn(f"config: {key} (type {kind}) is not served: Atrium has one kind of "
-                 "listener, http" + (" (metrics are at /_synapse/metrics on it with "
-                                     "enable_metrics: true)" if kind == "metrics" else ""))
+            raise error(f"config key '{key}.type' must be http or metrics (got {kind!r})")
+        if kind not in ("http", "metrics"):
+            warn(f"config: {key} (type {kind}) is not served: Atrium has http and metrics "
+                 "listeners only")
             continue
-        unknown = sorted(set(map(str, entry)) - LISTENER_KEYS)
-        if unknown:
-            raise error(f"config key '{key}' has unknown fields: {', '.join(unknown)}")
-        unused = sorted(k for k in ("tag", "request_id_header", "additional_resources", "mode")
-                        if k in entry)
-        if unused:
-            warn(f"config: {key}: {', '.join(unused)} not implemented (ignored)")
-        port, path = entry.get("port"), entry.get("path")
-        if path is not None:
-            if not isinstance(path, str) or not path or port is not None:
-                raise error(f"config key '{key}.path' must be a socket file path, "
-                            "without a port")
-        elif isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise error(f"config key '{key}.port' must be a port number 1-65535 "
-                        f"(got {port!r})")
-        addrs = entry.get("bind_addresses")
-        if addrs is None:
-            addrs = []
-        if not isinstance(addrs, list) or not all(isinstance(a, str) and a for a in addrs):
-            raise error(f"config key '{key}.bind_addresses' must be a list of addresses")
-        if isinstance(entry.get("bind_address"), str):
-            addrs = [*addrs, entry["bind_address"]]
-        for a in addrs:
-            if not _valid_host(a):
-                raise error(f"config key '{key}.bind_addresses' holds {a!r}, which is not "
-                            "an IP address or host name")
-        flags = {}
-        for flag in ("tls", "x_forwarded"):
-            v = entry.get(flag, flag == "x_forwarded" and path is not None)
-            if not isinstance(v, bool):
-                raise error(f"config key '{key}.{flag}' must be true or false (got {v!r})")
-            flags[flag] = v
-        names = _resource_names(entry.get("resources"), key, error)
-        missing = [n for n in SERVED if n not in names]
-        if missing and names:
-            warn(f"config: {key}.resources does not name {' or '.join(missing)}, but Atrium "
-                 "serves the client and federation APIs on every listener")
-        trusted = entry.get("trusted_proxies") or []
-        if not isinstance(trusted, list):
-            raise error(f"config key '{key}.trusted_proxies' must be a list of networks")
-        for net in trusted:
-            try:
-                ipaddress.ip_network(str(net), strict=False)
-            except ValueError:
-                raise error(f"config key '{key}.trusted_proxies' holds {net!r}, which is "
-                            "not an IP address or network") from None
-        out.append(Listener(port=None if path is not None else port,
-                            bind_addresses=tuple(addrs or SYNAPSE_DEFAULT_ADDRESSES),
-                            path=path, tls=flags["tls"], x_forwarded=flags["x_forwarded"],
-                            resources=tuple(names) or SERVED,
-                            trusted_proxies=tuple(str(n) for n in trusted)))
-    if value and not out:
+        lst = _one_listener(entry, key, kind, error, warn)
+        if kind == "metrics" and enable_metrics is False:
+            warn(f"config: {key} (type metrics) is not bound: enable_metrics is false "
+                 "(as Synapse)")
+            continue
+        if (kind == "http" and enable_metrics is False and lst.resources
+                and "metrics" in lst.resources):
+            warn(f"config: {key}.resources names metrics but enable_metrics is false: "
+                 "/_synapse/metrics answers 404 there")
+        for b in lst.binds():
+            if b in bound:
+                raise error(f"config key '{key}' listens on {b}, as {bound[b]} does")
+            bound[b] = key
+        out.append(lst)
+    if value and not any(lst.kind == "http" for lst in out):
         raise error("config key 'listeners' has no listener of type http")
     if any(lst.tls for lst in out) and not has_certificate:
         raise error("config key 'listeners': a listener has tls: true but "
@@ -144,12 +148,80 @@ def parse_listeners(value: Any, error: Callable[[str], Exception],
     if len({lst.tls for lst in out}) > 1:
         warn("config: TLS applies to every listener (gunicorn has one certificate setting "
              "for all its sockets), also to those without tls: true")
+    if enable_metrics and out and not any(
+            lst.kind == "metrics" or lst.resources is None or "metrics" in lst.resources
+            for lst in out):
+        warn("config: enable_metrics is true but no listener serves metrics: add metrics to "
+             "a listener's resources, or a listener of type metrics (docs/metrics.md)")
     return tuple(out)
 
 
-def _resource_names(value: Any, key: str, error: Callable[[str], Exception]) -> list[str]:
+def _one_listener(entry: dict, key: str, kind: str, error: Callable[[str], Exception],
+                  warn: Callable[[str], None]) -> Listener:
+    unknown = sorted(set(map(str, entry)) - LISTENER_KEYS)
+    if unknown:
+        raise error(f"config key '{key}' has unknown fields: {', '.join(unknown)}")
+    unused = sorted(k for k in ("tag", "request_id_header", "additional_resources", "mode")
+                    if k in entry)
+    if unused:
+        warn(f"config: {key}: {', '.join(unused)} not implemented (ignored)")
+    port, path = entry.get("port"), entry.get("path")
+    if path is not None:
+        if not isinstance(path, str) or not path or port is not None:
+            raise error(f"config key '{key}.path' must be a socket file path, "
+                        "without a port")
+    elif isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise error(f"config key '{key}.port' must be a port number 1-65535 "
+                    f"(got {port!r})")
+    addrs = entry.get("bind_addresses")
+    if addrs is None:
+        addrs = []
+    if not isinstance(addrs, list) or not all(isinstance(a, str) and a for a in addrs):
+        raise error(f"config key '{key}.bind_addresses' must be a list of addresses")
+    if isinstance(entry.get("bind_address"), str):
+        addrs = [*addrs, entry["bind_address"]]
+    for a in addrs:
+        if not _valid_host(a):
+            raise error(f"config key '{key}.bind_addresses' holds {a!r}, which is not "
+                        "an IP address or host name")
+    flags = {}
+    for flag in ("tls", "x_forwarded"):
+        v = entry.get(flag, flag == "x_forwarded" and path is not None)
+        if not isinstance(v, bool):
+            raise error(f"config key '{key}.{flag}' must be true or false (got {v!r})")
+        flags[flag] = v
+    names = _resource_names(entry.get("resources"), key, error)
+    if kind == "metrics":
+        if names is not None:
+            warn(f"config: {key}.resources ignored: a metrics listener serves "
+                 "/_synapse/metrics and /health")
+        names = None
+    elif names is not None:
+        unserved = [n for n in UNSERVED_RESOURCES if n in names]
+        if not names:
+            warn(f"config: {key}.resources names nothing: only /health is served there")
+        elif unserved:
+            warn(f"config: {key}.resources: Atrium serves nothing for {', '.join(unserved)}")
+    trusted = entry.get("trusted_proxies") or []
+    if not isinstance(trusted, list):
+        raise error(f"config key '{key}.trusted_proxies' must be a list of networks")
+    for net in trusted:
+        try:
+            ipaddress.ip_network(str(net), strict=False)
+        except ValueError:
+            raise error(f"config key '{key}.trusted_proxies' holds {net!r}, which is "
+                        "not an IP address or network") from None
+    return Listener(port=None if path is not None else port,
+                    bind_addresses=tuple(addrs or SYNAPSE_DEFAULT_ADDRESSES),
+                    path=path, tls=flags["tls"], x_forwarded=flags["x_forwarded"],
+                    resources=None if names is None else tuple(dict.fromkeys(names)),
+                    trusted_proxies=tuple(str(n) for n in trusted), kind=kind)
+
+
+def _resource_names(value: Any, key: str, error: Callable[[str], Exception],
+                    ) -> list[str] | None:
     if value is None:
-        return []
+        return None
     if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
         raise error(f"config key '{key}.resources' must be a list of {{names: [...]}} "
                     "mappings")
@@ -281,14 +353,15 @@ def is_loopback_url(url: str) -> bool:
 def client_url(public_baseurl: str | None, listeners: tuple[Listener, ...], tls: bool,
                environ: dict[str, str] | None = None) -> str:
     """Where the CLI reaches the server: the address ``ATRIUM_BIND`` binds; else
-    ``public_baseurl`` when it is on this machine (loopback, or one of the bound
-    addresses); else the listeners' first address; else http://127.0.0.1:8008."""
+    ``public_baseurl`` when it is on this machine (loopback, or one of the addresses of a
+    listener serving the client API); else such a listener's first address; else
+    http://127.0.0.1:8008."""
     env = os.environ if environ is None else environ
     if env.get("ATRIUM_BIND"):
         url = local_url(parse_bind(env["ATRIUM_BIND"]), tls)
         if url:
             return url
-    binds = [b for lst in listeners for b in lst.binds()]
+    binds = [b for lst in listeners if lst.serves_client for b in lst.binds()]
     if public_baseurl:
         parts = urlsplit(public_baseurl)
         bound = {b.replace("[", "").replace("]", "") for b in binds}
@@ -385,3 +458,4 @@ def forwarded_for_layer(listeners: tuple[Listener, ...],
     else:
         ports = frozenset(str(lst.port) for lst in proxied)
     return lambda wsgi: ForwardedFor(wsgi, trusted, ports)
+

@@ -193,6 +193,14 @@ def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
     # own, and each parked /sync keeps a copy of the C stack below it (~0.3 KB a layer).
     app.wsgi_app = ReadyFirstMiddleware(  # type: ignore[method-assign]
         LegacyPathMiddleware(app.wsgi_app).__call__).__call__
+    # each listener serves its own resources (paths elsewhere: 404 as an unknown path)
+    from atrium.listener_resources import listener_resources_layer, refusal
+
+    restrict = listener_resources_layer(
+        config.listeners, config.enable_metrics, warn=log.warning,
+        refuse=refusal([(k, v) for _, k, v in DEFAULT_HEADERS], request_id, access_log.write))
+    if restrict is not None:
+        app.wsgi_app = restrict(app.wsgi_app).__call__  # type: ignore[method-assign]
     # outermost: behind a reverse proxy (x_forwarded) every layer sees the real client
     from atrium.listeners import forwarded_for_layer
 

@@ -2,8 +2,8 @@
 
 - ``GET|HEAD /health`` — plain ``OK`` (200, no auth), as Synapse answers it.
 - ``GET /_synapse/metrics`` — the text exposition format when ``enable_metrics: true``;
-  otherwise 404 ``M_UNRECOGNIZED`` as if it did not exist.  Synapse can also serve metrics
-  on a listener of their own; Atrium has one listener, so they are served on it.
+  otherwise 404 ``M_UNRECOGNIZED`` as if it did not exist.  Which listeners serve it
+  (a ``type: metrics`` one, or those naming ``metrics``) is atrium/listener_resources.py's.
 
 Each app has its own ``CollectorRegistry`` (several apps in one test process do not
 collide).  What moves per event is counted where it happens, through small hooks:

@@ -40,14 +40,15 @@ def test_synapse_listeners_are_read():
         {"port": 9000, "type": "metrics", "bind_addresses": ["127.0.0.1"]},
         {"path": "/run/atrium.sock", "type": "http"},
     ], warnings)
-    assert [lst.port for lst in ls] == [8448, 8008, None]
+    assert [lst.port for lst in ls] == [8448, 8008, 9000, None]
+    assert [lst.kind for lst in ls] == ["http", "http", "metrics", "http"]
     assert ls[0].tls and not ls[0].x_forwarded and ls[1].x_forwarded
-    assert ls[2].x_forwarded  # a unix socket is always behind a proxy (Synapse's default)
+    assert ls[0].resources == ("federation",) and ls[3].resources is None
+    assert ls[3].x_forwarded  # a unix socket is always behind a proxy (Synapse's default)
     assert bind_addresses(ls, {}) == ["[::1]:8448", "10.0.0.2:8448", "127.0.0.1:8008",
-                                      "unix:/run/atrium.sock"]
+                                      "127.0.0.1:9000", "unix:/run/atrium.sock"]
     text = " | ".join(warnings)
-    assert "listeners[2] (type metrics) is not served" in text
-    assert "listeners[0].resources does not name client" in text
+    assert "type metrics" not in text and "resources" not in text
     assert "TLS applies to every listener" in text
 
 
