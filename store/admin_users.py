@@ -5,17 +5,24 @@ ids, "login as a user" tokens, the rooms a deactivated user still has to leave, 
 registration tokens' admin side (tables of ``schema/001_accounts.sql`` and
 ``079_admin_users.sql``).
 
-:class:`UserPolicy` keeps the shadow-banned and locked users and the rate-limit overrides in
-memory (loaded at start, updated after each commit here), so the checks on every send cost no
-query.  Scale-out seam: with several processes these sets must follow the database (LISTEN /
-NOTIFY on PostgreSQL) instead of this process's own writes.
+:class:`UserPolicy` keeps the shadow-banned, locked and erased users and the rate-limit
+overrides in memory (loaded at start, updated after each commit here), so the checks on every
+send and every served event cost no query.  The erased set is also reachable from the
+database handle alone (:func:`erased_users`), for the read paths that hold only a store
+(web/visibility.py, store/room_federation_reads.py).  Scale-out seam: with several processes
+these sets must follow the database (LISTEN / NOTIFY on PostgreSQL) instead of this process's
+own writes.
 
 Every method is one transaction.
 """
 from __future__ import annotations
 
+import random
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+
+import gevent
 
 from atrium.config import RateLimit
 from store.accounts import hash_token, new_token, now_ms
@@ -95,16 +102,45 @@ def _user_row(r: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
+#: the live erased set of each server's UserPolicy, by its database handle
+_ERASED: "weakref.WeakKeyDictionary[Database, set[str]]" = weakref.WeakKeyDictionary()
+
+
+def erased_users(db: Database) -> set[str]:
+    """The users of the server over ``db`` deactivated with ``erase`` (the live set its
+    :class:`UserPolicy` keeps; empty until an :class:`AdminUserStore` loads it).  Read paths
+    test an event's sender against it: no query, and nothing to do while it is empty."""
+    got = _ERASED.get(db)
+    if got is None:
+        got = _ERASED[db] = set()
+    return got
+
+
 class UserPolicy:
-    """Who is shadow-banned or locked, and the message rate-limit overrides, in memory."""
+    """Who is shadow-banned, locked or erased, and the message rate-limit overrides, in
+    memory."""
+
+    #: Synapse's wait before answering a shadow-banned request (seconds, drawn uniformly)
+    SHADOW_BAN_DELAY = (1.0, 10.0)
 
     def __init__(self) -> None:
         self.shadow_banned: set[str] = set()
         self.locked: set[str] = set()
+        self.erased: set[str] = set()
         self.overrides: dict[str, RateLimit] = {}
+        #: tests set it to ~0 (``(0, 0)`` answers at once)
+        self.shadow_ban_delay: tuple[float, float] = self.SHADOW_BAN_DELAY
 
     def is_shadow_banned(self, user_id: str) -> bool:
         return user_id in self.shadow_banned
+
+    def shadow_ban_wait(self) -> None:
+        """Wait as Synapse does before answering a shadow-banned send, invite, typing or
+        createRoom with invites (1–10 s at random), so a spammer cannot tell from the
+        timing that nothing happened.  A gevent sleep: only this request's greenlet waits."""
+        lo, hi = self.shadow_ban_delay
+        if hi > 0:
+            gevent.sleep(random.uniform(lo, hi))
 
     def message_limit(self, user_id: str, default: RateLimit) -> RateLimit:
         """The rc_message limit for the user: its override or ``default``.  As in Synapse, an
@@ -120,12 +156,13 @@ class AdminUserStore:
         self.db = db
         self.tokens = tokens
         self.policy = UserPolicy()
+        self.policy.erased = erased_users(db)   # one set, shared with the read paths
         self.load_policy()
 
     def load_policy(self) -> None:
         def _q(txn: Txn) -> tuple[list[tuple], list[tuple]]:
-            return (txn.query("SELECT name, shadow_banned, locked FROM users"
-                              " WHERE shadow_banned = 1 OR locked = 1"),
+            return (txn.query("SELECT name, shadow_banned, locked, erased FROM users"
+                              " WHERE shadow_banned = 1 OR locked = 1 OR erased = 1"),
                     txn.query("SELECT user_id, messages_per_second, burst_count"
                               " FROM ratelimit_override"))
 
@@ -133,6 +170,8 @@ class AdminUserStore:
         p = self.policy
         p.shadow_banned = {r[0] for r in flags if r[1]}
         p.locked = {r[0] for r in flags if r[2]}
+        p.erased.clear()
+        p.erased.update(r[0] for r in flags if r[3])
         p.overrides = {r[0]: RateLimit(float(r[1]), float(r[2])) for r in overrides}
 
     # -- listing and records -------------------------------------------------------------
@@ -218,7 +257,7 @@ class AdminUserStore:
     def _after_flags(self, user_id: str, flags: dict[str, Any]) -> None:
         self.tokens.drop_user(user_id)   # TokenInfo holds admin / deactivated
         for name, members in (("shadow_banned", self.policy.shadow_banned),
-                              ("locked", self.policy.locked)):
+                              ("locked", self.policy.locked), ("erased", self.policy.erased)):
             if name in flags:
                 (members.add if flags[name] else members.discard)(user_id)
 

@@ -27,6 +27,7 @@ from protocol.events import create_event_id_for_room_id, prev_event_ids
 from protocol.redaction import redact
 from protocol.room_versions import RoomVersion
 from protocol.state_res import resolve_state
+from store.admin_users import erased_users
 from store.database import Database, Txn
 from store.events import EventStore, StoredEvent
 from store.state import StateGroupStore, StateKey
@@ -357,14 +358,17 @@ class RoomFederationReads:
         """The events as ``server`` may receive them: as stored (pruned if redacted here),
         or redacted when it may not see them (Synapse's ``filter_events_for_server`` with
         ``redact=True``: the redacted form keeps the DAG walkable and the signatures
-        checkable)."""
+        checkable).  An erased sender's events always go redacted, as Synapse sends them
+        (``filter_out_erased_senders``), whatever the server's members saw."""
+        erased = erased_users(self.events.db)
         out: list[dict[str, Any]] = []
         for se in events:
             rv = self.events.room_version(se.room_id)
             if rv is None:
                 continue
             ev = self.events.visible_form(se, rv)
-            if se.redacted_by is None and not self.server_can_see(server, se):
+            if se.redacted_by is None and (se.event.get("sender") in erased
+                                           or not self.server_can_see(server, se)):
                 ev = redact(ev, rv)
             out.append(ev)
         return out

@@ -126,11 +126,13 @@ def register(app: Flask, runtime: Any) -> None:
         """POST /_matrix/client/v3/account/deactivate"""
         requester = require_auth()
         body = json_body(optional=True)
-        check_type(body, "erase", bool)
+        erase = check_type(body, "erase", bool, default=False)
         id_server = check_type(body, "id_server", str)
         sid = password_uia(uia, accounts, requester, body).session_id
         result = unbind_all(runtime, requester.user_id, id_server)
         accounts.deactivate(requester.user_id, uia_session=sid)
+        if erase:   # what they wrote is then pruned for those who were not there (visibility)
+            runtime.parts["admin_users"].set_flags(requester.user_id, erased=True)
         return jsonify({"id_server_unbind_result": result})
 
     _threepid_routes(bp, runtime)

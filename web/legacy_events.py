@@ -52,7 +52,7 @@ from web.notifier import Notifier, Waiter
 from web.room_service import RoomService
 from web.sync import MAX_TIMEOUT_MS
 from web.sync_token import SyncToken
-from web.visibility import Visibility, can_see_event, history_visibility
+from web.visibility import Visibility, history_visibility, served_event
 
 from actors.user_messages import SyncStarted
 
@@ -103,7 +103,9 @@ def register(app: Flask, runtime: Any) -> None:
         req = require_auth()
         se = rooms.events.get_event(event_id)
         rv = rooms.room_version(se.room_id) if se is not None else None
-        if se is None or rv is None or not can_see_event(rooms, req.user_id, se):
+        se = served_event(rooms, req.user_id, se) if se is not None and rv is not None \
+            else None   # as served: pruned for an erased sender
+        if se is None or rv is None:
             raise MatrixError(404, "M_NOT_FOUND", "Event not found")
         return jsonify(client_event(rooms.events, se, rv, device_id=req.device_id,
                                     user_id=req.user_id, bundle=True))
@@ -301,14 +303,14 @@ class EventStream:
         end = picked[-1][0] if cut and picked else hi
         found = svc.get_events([eid for _, eid in picked])
         ses = [found[eid] for _, eid in picked if eid in found]
-        keep = {se.event_id for se in self._visible(ses, own)}
+        keep = {se.event_id: se for se in self._visible(ses, own)}  # as served
         remote_by_id = {row.event_id: row for row in remote}
         out: list[dict[str, Any]] = []
         joins: list[StoredEvent] = []
         prefetch(svc.events, [se for se in ses if se.event_id in keep])
         for _, eid in picked:
             if eid in keep:
-                se = found[eid]
+                se = keep[eid]
                 rv = self._version(se.room_id)
                 if rv is None:
                     continue

@@ -96,6 +96,8 @@ def register(app: Flask, runtime: Any) -> None:
 
         invites_3pid = parse_invite_3pid(body)
         if runtime.parts["user_policy"].is_shadow_banned(req.user_id):
+            if body.get("invite") or invites_3pid:   # as Synapse: a wait, then no invites
+                runtime.parts["user_policy"].shadow_ban_wait()
             body, invites_3pid = {**body, "invite": []}, []  # as Synapse: room, no invites
         plan = plan_room(rv, req.user_id, config.server_name, body,
                          creator_profile=get_profile(svc, req.user_id))
@@ -337,6 +339,7 @@ def register(app: Flask, runtime: Any) -> None:
         req = require_auth()
         body = json_body()
         if runtime.parts["user_policy"].is_shadow_banned(req.user_id):
+            runtime.parts["user_policy"].shadow_ban_wait()   # as Synapse: 1–10 s first
             return jsonify({})  # as Synapse: the invite looks sent and is not
         if "medium" in body and "address" in body:  # by third-party identifier, as Synapse
             from web.third_party_invite import invite_3pid, parse_invite

@@ -268,7 +268,9 @@ class Searcher:
             ses = self._events(hits)
             cands = [ses[h.event_id] for h in hits if h.event_id in ses
                      and sreq.flt.matches(ses[h.event_id])]
-            keep = {se.event_id for se in rd.vis.filter(cands)}
+            # an erased sender's event the user would get pruned is no hit: its words
+            # matched content they may not read
+            keep = {se.event_id for se in rd.vis.filter(cands)} - rd.vis.pruned
             for i, h in enumerate(hits):
                 se = ses.get(h.event_id)
                 if se is None or se.event_id not in keep:

@@ -18,7 +18,12 @@ admin, the action and the target (:func:`audit`), never a password or token.
 Deactivation (admin or the user's own ``/account/deactivate``) goes through
 ``AccountStore.deactivate`` (tokens, devices, 3PIDs, keys, pushers, directory entry go in its
 transaction); a hook queues the user's rooms to be left in that same transaction, and they are
-left right after the commit (:class:`Parter`; a crash in between is resumed at start-up).
+left right after the commit (:class:`Parter`; a crash in between is resumed at start-up):
+rooms held here with a leave event, invites and knocks of rooms on other servers rejected
+through those servers (make_leave / send_leave, as the user's own leave of such an invite).
+
+Shadow-banned requests wait 1–10 s at random before their made-up answer, as Synapse's
+(``UserPolicy.shadow_ban_wait``, a gevent sleep).
 """
 from __future__ import annotations
 
@@ -90,12 +95,14 @@ class Parter:
         txn.call_after_commit(lambda: self.part(user_id))
 
     def part(self, user_id: str) -> bool:
-        """Leave every room; True (and the queue entry gone) unless a room failed."""
+        """Leave every room and reject every invite from another server; True (and the queue
+        entry gone) unless something failed that a later try could do."""
         svc = self.runtime.parts.get("rooms")
         if svc is None:
             return False
         ok = True
-        for room_id in self.store.rooms_to_leave(user_id):
+        rooms = self.store.rooms_to_leave(user_id)
+        for room_id in rooms:
             spec = EventSpec("m.room.member", user_id, {"membership": "leave"}, user_id)
             try:
                 svc.supervisor.ask(room_id, Send(spec=spec), sender="deactivation")
@@ -105,8 +112,47 @@ class Parter:
             except Exception:   # a parked room, shutdown: retried at the next start
                 log.exception("deactivation of %s: not parted from %s", user_id, room_id)
                 ok = False
+        ok = self.reject_remote(svc, user_id, set(rooms)) and ok
         if ok:
             self.store.parting_done(user_id)
+        return ok
+
+    def reject_remote(self, svc: Any, user_id: str, done: set[str]) -> bool:
+        """Reject the user's pending invites (and rescind knocks) of rooms on other servers
+        (not among ``done``, the rooms just left here): make_leave / send_leave through the
+        inviting server, else the room's; when none answers, the rejection is recorded here
+        only (``RemoteMembership.leave``).  Each outcome is logged; False if one failed in a
+        way worth retrying at the next start."""
+        latest: dict[str, Any] = {}
+        for row in svc.remote_invites.rows(user_id):   # oldest first: the last row wins
+            latest[row.room_id] = row
+        pending = [r for r in latest.values()
+                   if r.membership in ("invite", "knock") and r.room_id not in done]
+        if not pending:
+            return True
+        fed = self.runtime.parts.get("federation")
+        if fed is None or fed.client is None:
+            log.info("deactivation of %s: %d invite(s) from other servers kept: federation"
+                     " is off", user_id, len(pending))
+            return True
+        from federation.join import remote_membership
+
+        joins = remote_membership(fed, svc)
+        ok = True
+        for row in pending:
+            servers = [row.origin, row.sender.partition(":")[2],
+                       row.room_id.partition(":")[2]]   # rooms v12: no server in the id
+            try:
+                joins.leave(row.room_id, user_id, [s for s in servers if s])
+                log.info("deactivation of %s: rejected the %s of %s (from %s)", user_id,
+                         row.membership, row.room_id, row.origin)
+            except MatrixError as e:
+                log.info("deactivation of %s: the %s of %s not rejected: %s", user_id,
+                         row.membership, row.room_id, e.error)
+            except Exception:   # the store, shutdown: retried at the next start
+                log.exception("deactivation of %s: the %s of %s not rejected", user_id,
+                              row.membership, row.room_id)
+                ok = False
         return ok
 
     def resume(self) -> None:

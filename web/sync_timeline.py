@@ -23,7 +23,7 @@ from store.state import StateKey
 from web.client_events import client_event
 from web.filters import SyncFilter
 from web.sync_token import SyncToken, room_position_token
-from web.visibility import can_see_event
+from web.visibility import served_event
 
 MAX_SCAN_PAGES = 20
 MEMBER = "m.room.member"
@@ -66,15 +66,17 @@ class Timeline:
     complete: bool = False       # every event in (lo, hi] is in ``events`` (none skipped)
 
 
-def _visible(ctx: SyncContext, se: StoredEvent, visible_from: int | None) -> bool:
+def _visible(ctx: SyncContext, se: StoredEvent, visible_from: int | None
+             ) -> StoredEvent | None:
+    """``se`` as served to the user (pruned for an erased sender), or None."""
     ev = se.event
     if ev.get("sender") in ctx.ignored and "state_key" not in ev:
-        return False  # modules/ignore_users.md: state events still go out
+        return None  # modules/ignore_users.md: state events still go out
     if not ctx.filter.timeline.matches(ev):
-        return False
+        return None
     if visible_from is not None and se.stream_ordering >= visible_from:
-        return True  # the user was joined from visible_from on
-    return can_see_event(ctx.svc.rooms, ctx.user_id, se)
+        return se  # the user was joined from visible_from on
+    return served_event(ctx.svc.rooms, ctx.user_id, se)
 
 
 def timeline(ctx: SyncContext, room_id: str, lo: int, hi: int,
@@ -95,7 +97,8 @@ def timeline(ctx: SyncContext, room_id: str, lo: int, hi: int,
         found = svc.get_events([eid for eid, _ in batch])
         for eid, so in batch:
             se = found.get(eid)
-            if se is None or not _visible(ctx, se, visible_from):
+            se = _visible(ctx, se, visible_from) if se is not None else None
+            if se is None:
                 floor = so - 1
                 skipped = True
                 continue

@@ -73,12 +73,12 @@ class Reader:
             cands = [ses[r.event_id] for r in rows if r.event_id in ses]
             if flt is not None:
                 cands = [se for se in cands if flt.matches(se)]
-            keep = {se.event_id for se in self.vis.filter(cands)}
+            keep = {se.event_id: se for se in self.vis.filter(cands)}  # as served
             short = len(rows) < batch
             for i, r in enumerate(rows):
                 if r.event_id not in keep:
                     continue
-                collected.append(ses[r.event_id])
+                collected.append(keep[r.event_id])
                 if len(collected) == limit:
                     if short and i == len(rows) - 1:
                         return Page(collected, None)
@@ -148,8 +148,12 @@ def messages(rd: Reader, room_id: str, *, from_tok: Token | None, from_raw: str 
 def timeline_event(rd: Reader, room_id: str, event_id: str) -> StoredEvent:
     """The event, if it is served in this room's timeline and the user may see it; else 404."""
     se = rd.svc.events.get_event(event_id)
-    if se is None or se.room_id != room_id or se.outlier or se.rejection is not None \
-            or se.soft_failed or not rd.vis.can_see(se):
+    if se is not None and se.room_id == room_id and not se.outlier \
+            and se.rejection is None and not se.soft_failed:
+        se = rd.vis.served(se)   # as served: pruned for an erased sender
+    else:
+        se = None
+    if se is None:
         raise MatrixError(404, "M_NOT_FOUND", "Event not found")
     return se
 
@@ -227,10 +231,10 @@ def threads(rd: Reader, room_id: str, *, participated: bool, from_tok: Token | N
         rows = rd.reads.thread_roots(room_id, before=before, limit=batch,
                                      participant=rd.user_id if participated else None)
         evs = rd.svc.events.get_events(e for e, _ in rows)
-        keep = {se.event_id for se in rd.vis.filter(evs[e] for e, _ in rows if e in evs)}
+        keep = {se.event_id: se for se in rd.vis.filter(evs[e] for e, _ in rows if e in evs)}
         for i, (eid, latest) in enumerate(rows):
             if eid in keep:
-                roots.append(evs[eid])
+                roots.append(keep[eid])
                 if len(roots) == limit:
                     more = i < len(rows) - 1 or len(rows) == batch
                     return _threads_out(rd, roots, latest - 1 if more else None)

@@ -126,6 +126,7 @@ def register(app: Flask, runtime: Any) -> None:
         if req.user_id != user_id:
             raise MatrixError(403, "M_FORBIDDEN", "Cannot set typing for other users")
         if runtime.parts["user_policy"].is_shadow_banned(user_id):
+            runtime.parts["user_policy"].shadow_ban_wait()   # as Synapse: 1–10 s first
             return jsonify({})  # as Synapse: nobody is told
         if typing and timeout is None:
             timeout = DEFAULT_TIMEOUT_MS

@@ -15,15 +15,27 @@ Guests follow the same rules.  Users who never joined (guests or not) read a roo
 it is world-readable (``require_readable`` for timelines, ``visible_state_ids`` for state),
 and then see what rule 1 allows: history from before it turned world-readable stays hidden.
 
+Erased senders (Synapse's rule for a user deactivated with ``erase``): an event whose sender
+is erased reaches a user who was not joined to the room at the event (a later joiner under
+``shared``, a peeker or guest of a world-readable room, an invitee under ``invited``) pruned
+as a redaction prunes it (``protocol.redaction``), without ``unsigned``; those who were
+joined at the event still see it whole.  :meth:`Visibility.filter` returns the pruned copies
+in place of the events, so every read path that serves what it returns serves them pruned.
+The erased users are a set in memory (``store.admin_users.erased_users``): a sender outside it
+costs one set look-up, and nothing more is read.
+
 A page of events is checked with one :class:`Visibility` per request: each state group of the
 page is resolved once (only the two keys that matter), membership contents are fetched in one
 batch, and the results are cached for the rest of the request.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Iterable, Sequence
 
 from atrium.errors import MatrixError
+from protocol.redaction import redact
+from store.admin_users import erased_users
 from store.events import EventStore, StoredEvent
 from store.room_reads import RoomReads
 from web.pagination import parse_token
@@ -46,16 +58,35 @@ class Visibility:
         #: the user's last join to each room: (stream position, DAG depth)
         self._last_join: dict[str, tuple[int, int] | None] = {}
         self._content: dict[str, dict[str, Any]] = {}
+        #: senders whose events are served pruned to users not joined at them
+        self.erased = erased_users(events.db)
+        #: the ids of the events this request served pruned (an erased sender)
+        self.pruned: set[str] = set()
 
     # ------------------------------------------------------------------ public
     def filter(self, ses: Iterable[StoredEvent]) -> list[StoredEvent]:
-        """The events (in the given order) the user may see."""
+        """The events (in the given order) the user may see, as they may see them: an
+        erased sender's event pruned unless the user was joined at it."""
         ses = list(ses)
         self._prepare(ses)
-        return [se for se in ses if self._allowed(se)]
+        erased = self.erased
+        out = []
+        for se in ses:
+            if not self._allowed(se):
+                continue
+            if erased and se.event.get("sender") in erased and se.redacted_by is None \
+                    and not self._joined_at(se):
+                se = self._prune(se)
+            out.append(se)
+        return out
 
     def can_see(self, se: StoredEvent) -> bool:
         return bool(self.filter([se]))
+
+    def served(self, se: StoredEvent) -> StoredEvent | None:
+        """``se`` as the user may see it (pruned, for an erased sender), or None."""
+        got = self.filter([se])
+        return got[0] if got else None
 
     def readable_at(self, room_id: str, group: int, stream: int) -> bool:
         """Whether the user may see the room as it stood at stream position ``stream``,
@@ -118,6 +149,33 @@ class Visibility:
         # history_visibility changes and the user's own membership: before *or* after
         return self._rule(se, before) or self._rule(se, after)
 
+    def _joined_at(self, se: StoredEvent) -> bool:
+        """Whether the user's membership at the event was ``join`` (for their own
+        membership events: before or after it)."""
+        key = self._keys[1]
+        after = self._groups.get(se.state_group, {}) if se.state_group is not None else {}
+        ids = [after.get(key)]
+        if self._state_key(se) == key:
+            ids.append((se.event.get("unsigned") or {}).get("replaces_state"))
+        return any(isinstance(mid, str) and self._content.get(mid, {}).get("membership")
+                   == "join" for mid in ids)
+
+    def _prune(self, se: StoredEvent) -> StoredEvent:
+        """A copy of ``se`` pruned as a redaction prunes it (no ``unsigned``: neither
+        ``prev_content`` nor a transaction id goes with it)."""
+        rv = self.events.room_version(se.room_id)
+        if rv is None:   # not a room served here; keep nothing but the skeleton
+            ev = {k: se.event[k] for k in ("type", "sender", "origin_server_ts", "state_key")
+                  if k in se.event}
+            ev["content"] = {}
+        else:
+            ev = redact(se.event, rv)
+            ev.pop("unsigned", None)
+        ev["event_id"] = se.event_id
+        ev.setdefault("room_id", se.room_id)
+        self.pruned.add(se.event_id)
+        return replace(se, event=ev, txn_id=None, txn_device=None)
+
     def _rule(self, se: StoredEvent, state: dict[StateKey, str]) -> bool:
         return self._rule_at(se.room_id, se.stream_ordering, int(se.event.get("depth", 0)),
                              state)
@@ -164,9 +222,16 @@ def state_at(svc: RoomService, se: StoredEvent) -> dict[StateKey, str]:
 def can_see_event(svc: RoomService, user_id: str, se: StoredEvent) -> bool:
     """Whether ``se`` may be served to the user (never a rejected, soft-failed or outlier
     event, whoever asks)."""
+    return served_event(svc, user_id, se) is not None
+
+
+def served_event(svc: RoomService, user_id: str, se: StoredEvent) -> StoredEvent | None:
+    """``se`` as it may be served to the user (pruned when its sender is erased and the user
+    was not joined at it), or None when they may not see it (nor anyone: a rejected,
+    soft-failed or outlier event)."""
     if se.rejection is not None or se.soft_failed or se.outlier:
-        return False
-    return Visibility(svc.events, user_id).can_see(se)
+        return None
+    return Visibility(svc.events, user_id).served(se)
 
 
 def require_readable(svc: RoomService, user_id: str, room_id: str, *,

@@ -110,8 +110,8 @@ def test_an_operator_runs_synadm_against_atrium(atrium_server, synadm):
 
     # shadow-ban: carol's sends "succeed" and store nothing
     synadm("user", "shadow-ban", uid)
-    r = requests.put(f"{c}/rooms/{room}/send/m.room.message/t2", headers=h,
-                     json={"msgtype": "m.text", "body": "spam"}, timeout=10)
+    r = requests.put(f"{c}/rooms/{room}/send/m.room.message/t2", headers=h,  # waits 1-10 s
+                     json={"msgtype": "m.text", "body": "spam"}, timeout=30)
     assert r.status_code == 200 and r.json()["event_id"].startswith("$")
     msgs = requests.get(f"{c}/rooms/{room}/messages?dir=b&limit=20", headers=h,
                         timeout=10).json()["chunk"]

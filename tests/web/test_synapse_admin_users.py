@@ -1,6 +1,7 @@
 """The users half of Synapse's admin API (web/synapse_admin_users.py, _devices.py, _edit.py;
 registration tokens in web/synapse_admin.py), and its effects: deactivation leaves rooms,
-shadow-bans fake sends, overrides lift the message rate limit, locks refuse tokens."""
+shadow-bans fake sends (after a wait), overrides lift the message rate limit, locks refuse
+tokens."""
 from __future__ import annotations
 
 import logging
@@ -299,6 +300,7 @@ def test_shadow_ban_fakes_sends_invites_and_typing(client, admin, app):
     room = _room(client, alice, preset="public_chat")
     client.post(f"{C}/join/{room}", headers=bob["headers"], json={})
     db = runtime_of(app).db
+    runtime_of(app).parts["user_policy"].shadow_ban_delay = (0, 0)   # the wait: below
     count = lambda: db.run("n", lambda t: t.query_value(  # noqa: E731
         "SELECT COUNT(*) FROM events WHERE room_id = ?", (room,)))
     assert client.post(f"{A1}/users/{alice['user_id']}/shadow_ban", headers=admin,
@@ -332,6 +334,52 @@ def test_shadow_ban_fakes_sends_invites_and_typing(client, admin, app):
     assert _membership(app, new, carol["user_id"]) == "invite"
     assert client.post(f"{A1}/users/@x:remote.org/shadow_ban", headers=admin,
                        json={}).status_code == 400
+
+
+def test_shadow_banned_requests_wait_and_only_their_greenlet_does(client, admin, app):
+    import gevent
+
+    alice, bob = _user(client, "alice"), _user(client, "bob")
+    room = _room(client, alice, preset="public_chat")
+    client.post(f"{C}/join/{room}", headers=bob["headers"], json={})
+    policy = runtime_of(app).parts["user_policy"]
+    assert policy.shadow_ban_delay == (1.0, 10.0)          # Synapse's, unless told
+    client.post(f"{A1}/users/{alice['user_id']}/shadow_ban", headers=admin, json={})
+    h = alice["headers"]
+    n = iter(range(1000))
+    calls = {
+        "send": lambda: client.put(f"{C}/rooms/{room}/send/m.room.message/w{next(n)}",
+                                   headers=h, json={"msgtype": "m.text", "body": "spam"}),
+        "state": lambda: client.put(f"{C}/rooms/{room}/state/m.room.topic", headers=h,
+                                    json={"topic": "spam"}),
+        "invite": lambda: client.post(f"{C}/rooms/{room}/invite", headers=h,
+                                      json={"user_id": bob["user_id"]}),
+        "typing": lambda: client.put(f"{C}/rooms/{room}/typing/{alice['user_id']}",
+                                     headers=h, json={"typing": True, "timeout": 1000}),
+        "createRoom+invite": lambda: client.post(f"{C}/createRoom", headers=h,
+                                                 json={"invite": [bob["user_id"]]}),
+    }
+
+    def timed(fn) -> float:
+        t0 = time.monotonic()
+        assert fn().status_code == 200
+        return time.monotonic() - t0
+
+    policy.shadow_ban_delay = (0.3, 0.4)
+    for name, fn in calls.items():
+        assert timed(fn) >= 0.3, name
+    # createRoom without invites and bob's requests answer at once
+    assert timed(lambda: client.post(f"{C}/createRoom", headers=h, json={})) < 0.3
+    assert timed(lambda: client.put(f"{C}/rooms/{room}/send/m.room.message/b1",
+                                    headers=bob["headers"], json={"msgtype": "m.text",
+                                                                  "body": "hi"})) < 0.3
+    # a gevent sleep: three waits at once take one wait, not three
+    t0 = time.monotonic()
+    gevent.joinall([gevent.spawn(calls["send"]) for _ in range(3)], raise_error=True)
+    assert time.monotonic() - t0 < 0.9
+    policy.shadow_ban_delay = (0, 0)                       # off: at once
+    for name, fn in calls.items():
+        assert timed(fn) < 0.3, name
 
 
 def test_override_ratelimit(make_app):
