@@ -42,6 +42,7 @@ from actors.thumbnailer import (THUMBNAILABLE_TYPES, ThumbnailError, plan,
 from atrium.errors import MatrixError, forbidden, limit_exceeded, not_found
 from store.media import (ImageInfo, LocalMedia, MediaFiles, MediaStore, RemoteMedia, Thumbnail,
                          ThumbnailKey, new_media_id, now_ms)
+from store.media_access import MediaAccess
 from supervision import (ActorFailed, SupervisedActor, SupervisionError, Supervisor,
                          SupervisorStopped, Tracer, message)
 
@@ -122,6 +123,14 @@ class Quarantine:
 
 @message
 class DeleteMedia:
+    media_id: str
+
+
+@message
+class DeleteRemoteMedia:
+    """Drop a cached remote item (rows, file, thumbnails); answers whether it was cached."""
+
+    origin: str
     media_id: str
 
 
@@ -210,6 +219,7 @@ class MediaActor(SupervisedActor):
         try:
             self.store.delete_expired_pending(now_ms())
             blocking(_sweep_tmp, self.files.tmp_dir, 3600.0)
+            self._remove_deleted_files()  # of deletions a crash cut short
         except Exception:  # noqa: BLE001 - clean-up failing must not stop uploads
             log.exception("media actor: start-up clean-up failed")
 
@@ -231,6 +241,8 @@ class MediaActor(SupervisedActor):
             return self.store.set_quarantined(message.media_id, message.by)
         if isinstance(message, DeleteMedia):
             return self._delete(message.media_id)
+        if isinstance(message, DeleteRemoteMedia):
+            return self._delete_remote(message)
         raise TypeError(f"media actor: unexpected message {type(message).__name__}")
 
     def on_failure(self, exception_type: type[BaseException] | None,
@@ -386,9 +398,21 @@ class MediaActor(SupervisedActor):
     def _delete(self, media_id: str) -> bool:
         if not self.store.delete_media(media_id):
             return False
-        blocking(_remove_media_files, self.files.content_path(media_id),
-                 self.files.thumbnail_dir(media_id))
+        self._remove_deleted_files()
         return True
+
+    def _delete_remote(self, m: DeleteRemoteMedia) -> bool:
+        if not self.store.delete_remote_media(m.origin, m.media_id):
+            return False
+        self._remove_deleted_files()
+        return True
+
+    def _remove_deleted_files(self) -> None:
+        """Rows go first, with a record of their files (store/media.py); the files follow
+        and then the record, so a crash in between is finished by the next incarnation."""
+        for kind, file_id in self.store.pending_file_removals():
+            blocking(_remove_media_files, *self.files.paths_of(kind, file_id))
+            self.store.forget_file_removal(kind, file_id)
 
 
 def media_supervisor(store: MediaStore, files: MediaFiles, limits: MediaLimits,
@@ -453,6 +477,7 @@ class MediaParts:
     waiters: UploadWaiters
     supervisor: Supervisor
     ask_timeout: float
+    access: MediaAccess | None = None  # last_access_ts, written in batches
 
 
 def wait_uploaded(parts: MediaParts, media_id: str, timeout_ms: int) -> LocalMedia:
@@ -471,6 +496,8 @@ def wait_uploaded(parts: MediaParts, media_id: str, timeout_ms: int) -> LocalMed
         row = parts.store.get_local_media(media_id)
     if row is None or row.quarantined_by is not None:
         raise not_found("Media not found")
+    if parts.access is not None:
+        parts.access.local(media_id)
     return row
 
 

@@ -181,6 +181,12 @@ class MediaFiles:
     def new_tmp_path(self, prefix: str = "upload") -> str:
         return os.path.join(self.tmp_dir, f"{prefix}-{secrets.token_hex(12)}")
 
+    def paths_of(self, kind: str, file_id: str) -> tuple[str, str]:
+        """(content file, thumbnail folder) of a ``media_file_removals`` entry."""
+        if kind == "remote":
+            return self.remote_content_path(file_id), self.remote_thumbnail_dir(file_id)
+        return self.content_path(file_id), self.thumbnail_dir(file_id)
+
 
 class MediaStore:
     """Rows of ``local_media`` and ``local_media_thumbnails``; the remote cache's rows
@@ -276,18 +282,52 @@ class MediaStore:
         self.db.run("insert_thumbnail", _w, write=True)
 
     def set_quarantined(self, media_id: str, by: str | None) -> bool:
+        """False also when quarantining media protected from it (``safe_from_quarantine``)."""
+        protected = "" if by is None else " AND safe_from_quarantine = 0"
+
         def _w(txn: Txn) -> bool:
-            return txn.execute("UPDATE local_media SET quarantined_by = ? WHERE media_id = ?",
-                               (by, media_id)) == 1
+            return txn.execute("UPDATE local_media SET quarantined_by = ? WHERE media_id = ?"
+                               + protected, (by, media_id)) == 1
 
         return self.db.run("set_media_quarantined", _w, write=True)
 
     def delete_media(self, media_id: str) -> bool:
+        """Rows first (with the record of the files to remove, in the same transaction):
+        a crash before the files go leaves no row naming a missing file."""
         def _w(txn: Txn) -> bool:
             txn.execute("DELETE FROM local_media_thumbnails WHERE media_id = ?", (media_id,))
-            return txn.execute("DELETE FROM local_media WHERE media_id = ?", (media_id,)) == 1
+            if txn.execute("DELETE FROM local_media WHERE media_id = ?", (media_id,)) != 1:
+                return False
+            txn.execute("DELETE FROM url_previews WHERE media_id = ?", (media_id,))
+            _record_removal(txn, "local", media_id)
+            return True
 
         return self.db.run("delete_media", _w, write=True)
+
+    def delete_remote_media(self, origin: str, media_id: str) -> bool:
+        """Drop a cached remote item's rows, recording its files for removal."""
+        def _w(txn: Txn) -> bool:
+            fsid = txn.query_value("SELECT filesystem_id FROM remote_media_cache"
+                                   " WHERE media_origin = ? AND media_id = ?",
+                                   (origin, media_id))
+            if fsid is None:
+                return False
+            txn.execute("DELETE FROM remote_media_thumbnails WHERE filesystem_id = ?", (fsid,))
+            txn.execute("DELETE FROM remote_media_cache WHERE filesystem_id = ?", (fsid,))
+            _record_removal(txn, "remote", fsid)
+            return True
+
+        return self.db.run("delete_remote_media", _w, write=True)
+
+    def pending_file_removals(self) -> list[tuple[str, str]]:
+        """(kind, file id) of deleted media whose files may still be on disk."""
+        return self.db.run("pending_file_removals", lambda txn: txn.query(
+            "SELECT kind, file_id FROM media_file_removals ORDER BY kind, file_id"))
+
+    def forget_file_removal(self, kind: str, file_id: str) -> None:
+        self.db.run("forget_file_removal", lambda txn: txn.execute(
+            "DELETE FROM media_file_removals WHERE kind = ? AND file_id = ?",
+            (kind, file_id)), write=True)
 
     # -- the remote media cache (writes: media actor only) ----------------------------------
     def get_remote_media(self, origin: str, media_id: str) -> RemoteMedia | None:
@@ -342,3 +382,8 @@ class MediaStore:
                                (by, origin, media_id)) == 1
 
         return self.db.run("set_remote_quarantined", _w, write=True)
+
+
+def _record_removal(txn: Txn, kind: str, file_id: str) -> None:
+    txn.execute("INSERT INTO media_file_removals (kind, file_id) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING", (kind, file_id))

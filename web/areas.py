@@ -47,6 +47,9 @@ def register_all(app: Flask, runtime: Any) -> None:
 
     # after rooms (deactivation leaves them), sync, push and e2ee (device deletion hooks)
     synapse_admin_users.register(app, runtime), synapse_admin_devices.register(app, runtime)
+    from web import synapse_admin_extras  # issue 17: what else synapse-admin calls
+
+    synapse_admin_extras.register(app, runtime)
     from web import reports, synapse_admin_media, synapse_admin_reports, synapse_admin_server
 
     for admin_area in (reports, synapse_admin_reports, synapse_admin_media,  # issue 17

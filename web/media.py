@@ -19,6 +19,7 @@ Thumbnails of remote media are rendered here from the cached file.  The parts ar
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -31,11 +32,13 @@ from actors.media import (MEDIA_KEY, CommitUpload, CreateMedia, DeleteMedia, Med
 from actors.thumbnailer import THUMBNAILABLE_TYPES, probe, remove_quietly
 from atrium.errors import invalid_param, missing_param, not_found
 from store.media import LocalMedia, MediaFiles, MediaStore, RemoteMedia, now_ms, valid_media_id
+from store.media_access import MediaAccess
 from web.auth import require_admin, require_auth
 from web.http import query_bool, query_int
 from web.media_io import (base_type, clean_content_type, content_disposition, file_response,
                           receive_upload, served_content_type)
 
+log = logging.getLogger(__name__)
 _SERVER_NAME_RE = re.compile(
     r"^(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,255})(?::\d{1,5})?$")
 _DEFAULT_TIMEOUT_MS = 20_000
@@ -67,7 +70,10 @@ def register(app: Flask, runtime: Any) -> None:
     runtime.shutdown_hooks.append(lambda: supervisor.stop_all(timeout=10))
     ask_timeout = a.ask_timeout
     server_name = config.server_name
-    media = MediaParts(store, files, limits, waiters, supervisor, ask_timeout)
+    access = MediaAccess(runtime.db)  # last_access_ts, written in batches
+    access.start()
+    runtime.shutdown_hooks.append(access.stop)  # hooks run in reverse: before the store closes
+    media = MediaParts(store, files, limits, waiters, supervisor, ask_timeout, access)
     runtime.parts["media"] = media
     bp = Blueprint("media", __name__)
 
@@ -134,6 +140,7 @@ def register(app: Flask, runtime: Any) -> None:
             row = fetcher.get(s, media_id, timeout_ms=timeout_ms, **sent_from())
         if row.quarantined_by is not None or (legacy and not row.legacy_allowed):
             raise not_found("Media not found")
+        access.remote(s, media_id)
         return row
 
     def download(s: str, media_id: str, file_name: str | None, *, legacy: bool) -> Response:
@@ -247,25 +254,29 @@ def register(app: Flask, runtime: Any) -> None:
         check_ids(serverName, mediaId)
         ask(Quarantine(mediaId, req.user_id,
                        None if serverName == server_name else serverName))
+        log.info("admin %s: quarantined mxc://%s/%s", req.user_id, serverName, mediaId)
         return jsonify({})
 
     @bp.post("/_synapse/admin/v1/media/unquarantine/<serverName>/<mediaId>")
     def unquarantine(serverName: str, mediaId: str) -> Response:  # noqa: N803
         """POST /_synapse/admin/v1/media/unquarantine/{serverName}/{mediaId}"""
-        require_admin()
+        req = require_admin()
         check_ids(serverName, mediaId)
         ask(Quarantine(mediaId, None, None if serverName == server_name else serverName))
+        log.info("admin %s: lifted the quarantine of mxc://%s/%s", req.user_id, serverName,
+                 mediaId)
         return jsonify({})
 
     @bp.delete("/_synapse/admin/v1/media/<serverName>/<mediaId>")
     def delete(serverName: str, mediaId: str) -> Response:  # noqa: N803
         """DELETE /_synapse/admin/v1/media/{serverName}/{mediaId}"""
-        require_admin()
+        req = require_admin()
         check_ids(serverName, mediaId)
         if serverName != server_name:
             raise invalid_param("Can only delete local media")
         if not ask(DeleteMedia(mediaId)):
             raise not_found("Unknown media")
+        log.info("admin %s: deleted mxc://%s/%s", req.user_id, serverName, mediaId)
         return jsonify({"deleted_media": [mediaId], "total": 1})
 
     app.register_blueprint(bp)

@@ -49,7 +49,12 @@ DESTRUCTIVE = {
     "synapse_admin_users.put_user", "synapse_admin_users.shadow_ban",
     "synapse_admin_users.set_override", "synapse_admin_devices.delete_device",
     "synapse_admin_devices.delete_devices", "synapse_admin_devices.put_device",
-    "synapse_admin_media.delete_user_media",
+    "synapse_admin_media.delete_user_media", "synapse_admin_media.delete_by_date",
+    "synapse_admin_media.purge_media_cache", "synapse_admin_media.protect_media",
+    "synapse_admin_media.unprotect_media", "synapse_admin_media.quarantine_room_media",
+    "synapse_admin_media.quarantine_user_media",
+    "synapse_admin_extras.join", "synapse_admin_extras.make_room_admin",
+    "synapse_admin_extras.delete_extremities", "synapse_admin_redact.redact_user",
 }
 
 # Requests whose body is not JSON (raw upload bytes).
@@ -165,6 +170,7 @@ def good_param(name: str, endpoint: str, ctx: Actor, world: World) -> str:
         "server_name": SERVER, "key_id": "ed25519:x", "destination": REMOTE.name,
         "media_id": ctx.media_id, "token": "robusttoken",
         "delete_id": "robustdelete", "purge_id": "robustpurge", "report_id": "1",
+        "redact_id": "robustredact",
     }
     return values[name]
 
@@ -228,6 +234,10 @@ BASE_QUERY = {
     "media.download_authed": {"timeout_ms": "0"},
     "register.get_available": {"username": "someone"},
     "register.get_token_validity": {"token": "abc"},
+    "synapse_admin_extras.username_available": {"username": "someone"},
+    # past Synapse's "from 1970" check, yet older than any media: nothing is deleted
+    "synapse_admin_media.delete_by_date": {"before_ts": "30000000001"},
+    "synapse_admin_media.purge_media_cache": {"before_ts": "30000000001"},
 }
 
 
@@ -368,6 +378,13 @@ def seed_body(endpoint: str, ctx: Actor, world: World) -> dict[str, Any]:
         "synapse_admin_devices.put_device": {"display_name": "d"},
         "synapse_admin_devices.delete_devices": {"devices": ["NODEV"]},
         "synapse_admin.put_token": {"uses_allowed": 1, "expiry_time": None},
+        "synapse_admin_extras.join": {"user_id": ctx.user_id},
+        "synapse_admin_extras.make_room_admin": {"user_id": ctx.user_id},
+        # a window no event is in (each field alone may be spoilt): the background task
+        # finds nothing to redact, so no later request sees rows it did not write
+        "synapse_admin_redact.redact_user": {"rooms": [ctx.room_id], "reason": "r",
+                                             "limit": 10, "use_admin": False,
+                                             "after_ts": 2 ** 62, "before_ts": 1},
         "atrium_admin.room_fault": {"kind": "crash", "count": 0},
         "atrium_admin.actor_fault": {"kind": "crash", "count": 0},
     }
