@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import gevent
 from flask import Blueprint, Flask, jsonify
 
 from actors.room_messages import EventSpec, Send
@@ -36,6 +35,7 @@ from store.admin_extras import AdminExtrasStore, RedactTask
 from supervision import new_trace_id
 from web.auth import require_admin
 from web.http import MAX_INT64, json_body
+from web.admin_tasks import TaskRunner
 from web.synapse_admin_users import audit, unknown
 from web.uia import reject_nul_path_values
 
@@ -43,18 +43,30 @@ log = logging.getLogger(__name__)
 
 A1 = "/_synapse/admin/v1"
 DEFAULT_LIMIT = 1000
-RESUME_DELAY = 1.0   # seconds after start-up before interrupted tasks run again
 
 
-class Redactor:
+class Redactor(TaskRunner):
     """Runs redaction tasks as greenlets, one per user at a time."""
 
+    what = "admin redaction"
+
     def __init__(self, runtime: Any, store: AdminExtrasStore) -> None:
+        super().__init__()
         self.svc = runtime.parts["rooms"]
         self.server_name: str = runtime.config.server_name
         self.store = store
-        self.running: dict[str, gevent.Greenlet] = {}   # redact id → greenlet
-        self._busy: set[str] = set()   # users with a task starting or running here
+
+    def task_id(self, task: RedactTask) -> str:
+        return task.redact_id
+
+    def subject(self, task: RedactTask) -> str:
+        return task.user_id
+
+    def unfinished(self) -> list[RedactTask]:
+        return self.store.unfinished_redact_tasks()
+
+    def describe(self, task: RedactTask) -> str:
+        return f"{task.redact_id} (events of {task.user_id}, asked by {task.requester})"
 
     def start(self, user_id: str, requester: str, params: dict[str, Any]) -> RedactTask:
         if user_id in self._busy or self.store.unfinished_redact_tasks(user_id):
@@ -67,39 +79,6 @@ class Redactor:
             raise
         self._spawn(task)
         return task
-
-    def _spawn(self, task: RedactTask) -> None:
-        self._busy.add(task.user_id)
-        g = gevent.spawn(self.run, task)
-        self.running[task.redact_id] = g
-
-        def done(_g: Any, task: RedactTask = task) -> None:
-            self.running.pop(task.redact_id, None)
-            self._busy.discard(task.user_id)
-
-        g.link(done)
-
-    def resume(self) -> None:
-        """Start-up: run again what a restart interrupted."""
-        try:
-            tasks = self.store.unfinished_redact_tasks()
-        except Exception:   # noqa: BLE001 - the store is closing (shutdown meanwhile)
-            log.exception("admin redactions: could not read unfinished tasks")
-            return
-        for task in tasks:
-            if task.redact_id not in self.running:
-                log.info("admin redaction %s (events of %s, asked by %s) resumed after a"
-                         " restart", task.redact_id, task.user_id, task.requester)
-                self._spawn(task)
-
-    def stop(self) -> None:
-        """Shutdown: interrupt the running tasks (they run again at the next start)."""
-        for g in list(self.running.values()):
-            g.kill(block=True, timeout=5)
-
-    def wait(self, timeout: float = 30.0) -> None:
-        """Tests: wait for the running tasks."""
-        gevent.joinall(list(self.running.values()), timeout=timeout)
 
     # ------------------------------------------------------------------ running
     def run(self, task: RedactTask) -> None:
@@ -215,9 +194,7 @@ def check_redact_body(body: dict[str, Any]) -> dict[str, Any]:
 def register(app: Flask, runtime: Any, store: AdminExtrasStore) -> None:
     redactor = Redactor(runtime, store)
     runtime.parts["redactor"] = redactor
-    runtime.shutdown_hooks.append(redactor.stop)   # before the rooms stop (hooks run reversed)
-    resumer = gevent.spawn_later(RESUME_DELAY, redactor.resume)
-    runtime.shutdown_hooks.append(lambda: resumer.kill(block=False))
+    redactor.install(runtime)
     bp = Blueprint("synapse_admin_redact", __name__)
     bp.url_value_preprocessor(reject_nul_path_values)
 

@@ -31,8 +31,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import gevent
-
 from actors.room_create import plan_room
 from actors.room_messages import EventSpec, InitRoom, Send
 from atrium.errors import MatrixError
@@ -40,13 +38,13 @@ from protocol.ids import is_valid_user_id, server_of
 from store.admin_rooms import AdminRoomStore, RoomTask
 from store.room_purge import RoomPurger
 from supervision import new_trace_id
+from web.admin_tasks import TaskRunner
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOM_NAME = "Content Violation Notification"
 DEFAULT_MESSAGE = ("Sharing illegal content on this server is not permitted and rooms in"
                    " violation will be blocked.")
-RESUME_DELAY = 1.0   # seconds after start-up before interrupted tasks resume
 
 
 class TaskFailed(Exception):
@@ -58,17 +56,30 @@ def empty_result() -> dict[str, Any]:
             "new_room_id": None}
 
 
-class RoomDeleter:
+class RoomDeleter(TaskRunner):
     """Runs room deletes and history purges (one at a time per room) as greenlets."""
 
+    what = "admin room task"
+
     def __init__(self, runtime: Any, store: AdminRoomStore) -> None:
+        super().__init__()
         self.runtime = runtime
         self.svc = runtime.parts["rooms"]
         self.server_name: str = runtime.config.server_name
         self.store = store
         self.purger = RoomPurger(runtime.db)
-        self.running: dict[str, gevent.Greenlet] = {}   # task id → greenlet (tests join)
-        self._busy: set[str] = set()   # rooms with a task starting or running here
+
+    def task_id(self, task: RoomTask) -> str:
+        return task.task_id
+
+    def subject(self, task: RoomTask) -> str:
+        return task.room_id
+
+    def unfinished(self) -> list[RoomTask]:
+        return self.store.unfinished_tasks()
+
+    def describe(self, task: RoomTask) -> str:
+        return f"{task.task_id} ({task.kind} of {task.room_id}, asked by {task.requester})"
 
     # ------------------------------------------------------------------ starting
     def _claim(self, room_id: str) -> None:
@@ -106,39 +117,6 @@ class RoomDeleter:
         finally:
             self._busy.discard(room_id)
         return task
-
-    def _spawn(self, task: RoomTask) -> None:
-        self._busy.add(task.room_id)
-        g = gevent.spawn(self.run, task)
-        self.running[task.task_id] = g
-
-        def done(_g: Any, task: RoomTask = task) -> None:
-            self.running.pop(task.task_id, None)
-            self._busy.discard(task.room_id)
-
-        g.link(done)
-
-    def resume(self) -> None:
-        """Start-up: run again what a restart interrupted."""
-        try:
-            tasks = self.store.unfinished_tasks()
-        except Exception:   # noqa: BLE001 - the store is closing (shutdown meanwhile)
-            log.exception("admin room tasks: could not read unfinished tasks")
-            return
-        for task in tasks:
-            if task.task_id not in self.running:
-                log.info("admin room task %s (%s of %s, asked by %s) resumed after a restart",
-                         task.task_id, task.kind, task.room_id, task.requester)
-                self._spawn(task)
-
-    def stop(self) -> None:
-        """Shutdown: interrupt the running tasks (they resume at the next start)."""
-        for g in list(self.running.values()):
-            g.kill(block=True, timeout=5)
-
-    def wait(self, timeout: float = 30.0) -> None:
-        """Tests: wait for the running tasks."""
-        gevent.joinall(list(self.running.values()), timeout=timeout)
 
     # ------------------------------------------------------------------ running
     def run(self, task: RoomTask) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
-import gevent
 from flask import Blueprint, Flask, jsonify, request
 
 from atrium.errors import MatrixError, bad_json, invalid_param, missing_param, not_found
@@ -29,7 +28,7 @@ from store.admin_rooms import ORDERS, AdminRoomStore, RoomListQuery
 from web.auth import require_admin
 from web.client_events import client_event
 from web.http import json_body, parse_bool, query_int
-from web.synapse_admin_room_delete import RESUME_DELAY, RoomDeleter, check_delete_body
+from web.synapse_admin_room_delete import RoomDeleter, check_delete_body
 from web.uia import reject_nul_path_values
 
 log = logging.getLogger(__name__)
@@ -81,9 +80,7 @@ def register(app: Flask, runtime: Any) -> None:
     deleter = RoomDeleter(runtime, store)
     runtime.parts["admin_rooms"] = store
     runtime.parts["room_deleter"] = deleter
-    runtime.shutdown_hooks.append(deleter.stop)   # before the rooms stop (hooks run reversed)
-    resumer = gevent.spawn_later(RESUME_DELAY, deleter.resume)
-    runtime.shutdown_hooks.append(lambda: resumer.kill(block=False))
+    deleter.install(runtime)
     bp = Blueprint("synapse_admin_rooms", __name__)
     bp.url_value_preprocessor(reject_nul_path_values)
 
