@@ -29,6 +29,7 @@ import logging
 from typing import Any, Callable, ContextManager
 from urllib.parse import quote, urlsplit
 
+from atrium.access_log import ORIGIN
 from atrium.errors import MatrixError, forbidden, not_json
 from federation.ratelimit import FederationRateLimiter
 from protocol.ids import is_valid_server_name
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 #: the largest request body a federation route reads
 MAX_FEDERATION_BODY = 16 * 1024 * 1024
 BODY_ENVIRON_KEY = "atrium.federation.body"
+#: where the authenticated origin server is left for the access line (atrium/access_log.py)
+ORIGIN_ENVIRON_KEY = ORIGIN
 
 
 def unauthorized(msg: str) -> MatrixError:
@@ -191,6 +194,7 @@ def federation_route(verifier: RequestVerifier) -> Callable[[View], View]:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             origin = verifier.authenticate(request)
+            request.environ[ORIGIN_ENVIRON_KEY] = origin   # the access line names the server
             with verifier.limited(origin):
                 return view(origin, *args, **kwargs)
         return wrapper

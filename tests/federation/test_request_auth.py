@@ -2,6 +2,7 @@
 error the spec names), the domain whitelist, the raw request target, several credentials,
 ``rc_federation`` (sleep, 429, concurrency, bounded state) and the ``federation_route``
 decorator, on a small Flask app and on the real app (both databases)."""
+import logging
 import threading
 import time
 
@@ -377,3 +378,18 @@ def test_verifier_in_the_real_app(make_app):
     r = c.post(uri, data=b"{oops", headers={**signed("POST", uri, {}),
                                              "Content-Type": "application/json"})
     err(r, 400, "M_NOT_JSON")
+
+
+def test_the_access_line_names_the_origin_server(make_app, caplog):
+    from web.app import runtime_of
+    app = make_app(server_name=ME)
+    fed = runtime_of(app).parts["federation"]
+    keyring = FakeKeyring()
+    keyring.add(ORIGIN, SK)
+    fed.verifier.keyring = keyring
+    uri = f"/_matrix/federation/v1/query/profile?user_id=%40nobody%3A{ME}"
+    with caplog.at_level(logging.INFO, logger="atrium.access"):
+        r = app.test_client().get(uri, headers=signed("GET", uri))
+    assert r.status_code == 404
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "atrium.access"]
+    assert len(lines) == 1 and f" - {ORIGIN} \"GET /_matrix/federation/v1/query" in lines[0]
