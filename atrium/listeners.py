@@ -9,9 +9,10 @@ the CLI (the URL this server is reached at) and by the app (the client's address
 * ``ATRIUM_BIND`` (``host:port``, ``[v6]:port``, a port alone = ``127.0.0.1:port``,
   ``unix:/path``; several separated by commas), which overrides the listeners' addresses;
 * :class:`ForwardedFor`, the WSGI layer that, on a listener with ``x_forwarded: true``, takes
-  the client's address from ``X-Forwarded-For``: hops are read from the right and skipped
-  while they are trusted proxies (loopback, private networks, the listener's
-  ``trusted_proxies``); the first untrusted hop is the client.  A request that does not come
+  the client's address from ``X-Forwarded-For`` when the request comes from a proxy that may
+  be trusted (loopback, private networks, the listener's ``trusted_proxies``): its hops are
+  read from the right and skipped while ``trusted_proxies`` lists them (chained proxies, a
+  CDN); the first other hop is the client.  A request that does not come
   from a trusted proxy keeps its own address, so a client cannot choose the address it is
   rate-limited by.  (Synapse trusts the leftmost entry unconditionally.)
 * which paths each listener serves (:meth:`Listener.paths`, Synapse's resource names); the
@@ -405,12 +406,18 @@ class ForwardedFor:
     def __init__(self, wsgi: Any, trusted: Iterable[str] = (),
                  ports: frozenset[str] | None = None) -> None:
         self.wsgi = wsgi
-        self.networks = _PRIVATE + tuple(ipaddress.ip_network(n, strict=False)
-                                         for n in trusted)
+        self.listed = tuple(ipaddress.ip_network(n, strict=False) for n in trusted)
+        self.networks = _PRIVATE + self.listed
         self.ports = ports
 
     def trusted(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """The peer that connected may be a proxy: loopback, private or listed."""
         return any(addr in net for net in self.networks if net.version == addr.version)
+
+    def trusted_hop(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """A hop inside ``X-Forwarded-For`` is a proxy only when ``trusted_proxies`` lists it:
+        a client on the proxy's own network could otherwise name any address it likes."""
+        return any(addr in net for net in self.listed if net.version == addr.version)
 
     def client(self, peer: str, header: str) -> str | None:
         """The client's address for a request from ``peer`` with this X-Forwarded-For, or
@@ -424,7 +431,7 @@ class ForwardedFor:
             if a is None:
                 break  # garbage: keep the hop that reported it
             client = str(a)
-            if not self.trusted(a):
+            if not self.trusted_hop(a):
                 break
         return client
 

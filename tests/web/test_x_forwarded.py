@@ -21,7 +21,11 @@ def _layer(trusted=()):
 
 @pytest.mark.parametrize("peer, header, client", [
     ("127.0.0.1", "203.0.113.7", "203.0.113.7"),
-    ("10.0.0.1", "203.0.113.7, 10.0.0.2", "203.0.113.7"),       # two proxies
+    ("10.0.0.1", "203.0.113.7", "203.0.113.7"),                  # a proxy on the LAN
+    # a hop inside the header is a proxy only when trusted_proxies lists it: a LAN client
+    # talking to the proxy could otherwise pick the address it is rate-limited by
+    ("10.0.0.1", "203.0.113.7, 10.0.0.2", "10.0.0.2"),
+    ("127.0.0.1", "203.0.113.7, 127.0.0.1", "127.0.0.1"),
     ("127.0.0.1", "198.51.100.1, 203.0.113.7", "203.0.113.7"),   # a forged left entry
     ("127.0.0.1", "10.1.1.1", "10.1.1.1"),                        # a client on the LAN
     ("127.0.0.1", "203.0.113.7:4711", "203.0.113.7"),             # with a port
@@ -41,6 +45,8 @@ def test_configured_proxies_are_skipped_too():
     layer = _layer(["198.51.100.0/24"])
     assert layer.client("198.51.100.9", "203.0.113.7, 198.51.100.10") == "203.0.113.7"
     assert _layer().client("198.51.100.9", "203.0.113.7") is None
+    # chained proxies on a private network: listed, they are skipped
+    assert _layer(["10.0.0.0/8"]).client("10.0.0.1", "203.0.113.7, 10.0.0.2") == "203.0.113.7"
 
 
 def test_the_layer_rewrites_the_environ_and_keeps_the_proxy():
@@ -102,7 +108,7 @@ def test_without_x_forwarded_the_header_is_ignored(make_app):
 
 def test_devices_and_whois_see_the_client_address(make_app):
     app, c = _app(make_app, listeners=PROXIED)
-    token = _login(c, "alice", "203.0.113.7, 10.0.0.2").json["access_token"]
+    token = _login(c, "alice", "198.51.100.4, 203.0.113.7").json["access_token"]
     auth = {"Authorization": f"Bearer {token}"}
     devices = c.get("/_matrix/client/v3/devices", headers=auth).json["devices"]
     assert {d.get("last_seen_ip") for d in devices} >= {"203.0.113.7"}
@@ -110,4 +116,4 @@ def test_devices_and_whois_see_the_client_address(make_app):
     assert r.status_code == 200, r.json
     ips = {conn["ip"] for dev in r.json["devices"].values()
            for sess in dev["sessions"] for conn in sess["connections"]}
-    assert "203.0.113.7" in ips and "10.0.0.2" not in ips
+    assert "203.0.113.7" in ips and "198.51.100.4" not in ips
