@@ -71,8 +71,7 @@ def apply_migrations(db: Database) -> int:
         stmts = split_statements(path.read_text(encoding="utf-8"))
 
         def _apply(txn: Txn, stmts: list[str] = stmts, num: int = num) -> None:
-            for s in stmts:
-                txn.execute(s)
+            txn.execute_script(stmts)
             txn.execute("INSERT INTO schema_version (version) VALUES (?)", (num,))
 
         db.run(f"migrate_{num:03d}", _apply, write=True)

@@ -88,3 +88,31 @@ def test_concurrent_writers_from_greenlets_all_commit(db):
 def test_split_statements():
     sql = "-- c\nCREATE TABLE a (x INTEGER);\nCREATE TABLE b (\n y TEXT\n);\n"
     assert split_statements(sql) == ["CREATE TABLE a (x INTEGER)", "CREATE TABLE b (\n y TEXT\n)"]
+
+
+def test_libpq_keywords_pass_through_as_synapse_passes_them():
+    from store.database import postgres_conninfo
+
+    info = postgres_conninfo({"user": "a", "database": "d", "host": "h", "sslmode": "require",
+                              "sslrootcert": "/ca.pem", "application_name": "atrium",
+                              "cp_max": 10, "schema": "s", "options": "-c x=y"})
+    assert info.split() == ["user='a'", "dbname='d'", "host='h'", "sslmode='require'",
+                            "sslrootcert='/ca.pem'", "application_name='atrium'"]
+
+
+def test_postgres_options_reach_the_server_beside_the_schema(tmp_path):
+    from store.testing import database_config, drop_schema, test_engine
+    from store.database import open_database
+
+    if test_engine() != "postgres":
+        pytest.skip("PostgreSQL only")
+    cfg, schema = database_config(str(tmp_path))
+    args = dict(cfg["args"], options="-c statement_timeout=12345")
+    db = open_database(cfg["name"], args, migrate=False)
+    try:
+        got = db.run("show", lambda t: (t.query_value("SHOW statement_timeout"),
+                                        t.query_value("SHOW search_path")))
+        assert got == ("12345ms", schema)
+    finally:
+        db.close()
+        drop_schema(schema)
