@@ -33,9 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="atrium trace",
         description="Render Atrium actor traces: one request's messages with timings and "
                     "outcomes, or a room's recent traffic.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--url", help="base URL of a running server, e.g. http://127.0.0.1:8008")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--url", help="base URL of a running server (default: where `python -m "
+                                   "atrium register` finds it: ATRIUM_BIND, the config's "
+                                   "public_baseurl or listeners, else http://127.0.0.1:8008)")
     src.add_argument("--jsonl", metavar="FILE", help="read records from a trace JSONL file")
+    p.add_argument("-c", "--config", help="config file to find the server by (default: "
+                                          "$ATRIUM_CONFIG or ./homeserver.yaml, if present)")
     p.add_argument("--token", default=os.environ.get("ATRIUM_ADMIN_TOKEN"),
                    help="an admin user's access token (default: $ATRIUM_ADMIN_TOKEN)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -131,6 +135,22 @@ def _offline(args: argparse.Namespace) -> tuple[int, str]:
     return 0, render_recent(chosen, key)
 
 
+def _default_url(path: str | None) -> str | None:
+    """The server as the other CLI commands find it (atrium/cli.py ``server_url``); None
+    after printing why a named config cannot be read."""
+    from atrium.cli import server_url
+    from atrium.config import ConfigError, config_path_from_env, load_config
+
+    path = path or config_path_from_env()
+    if not os.path.exists(path):
+        return server_url(None)
+    try:
+        return server_url(load_config(path, write_default=False, warn=False))
+    except ConfigError as e:
+        print(f"atrium: {e}", file=sys.stderr)
+        return None
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Entry point; returns the exit status (``python -m atrium trace`` can delegate here)."""
     out = out or sys.stdout
@@ -141,6 +161,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     if getattr(args, "limit", 1) < 1:
         print("error: --limit must be >= 1", file=sys.stderr)
         return 2
+    if not args.url and not args.jsonl:
+        args.url = _default_url(args.config)
+        if args.url is None:
+            return 2
     status, text = _live(args) if args.url else _offline(args)
     print(text, file=out if status == 0 else sys.stderr)
     return status

@@ -97,6 +97,22 @@ def test_register_finds_the_server_where_it_listens(tmp_path, capsys, monkeypatc
     assert "cannot reach http://localhost:29:" in capsys.readouterr().err
 
 
+def test_trace_finds_the_server_as_register_does(tmp_path, monkeypatch):
+    from atrium.trace_cli import _default_url
+
+    monkeypatch.delenv("ATRIUM_BIND", raising=False)
+    cfg = _config(tmp_path, listeners=[{"port": 9, "type": "http",
+                                        "bind_addresses": ["127.0.0.1"]}])
+    assert _default_url(cfg) == "http://127.0.0.1:9"
+    monkeypatch.setenv("ATRIUM_BIND", "19")
+    assert _default_url(cfg) == "http://127.0.0.1:19"
+    monkeypatch.delenv("ATRIUM_BIND")
+    assert _default_url(str(tmp_path / "absent.yaml")) == "http://127.0.0.1:8008"
+    # the command itself: no --url, the server found through the config, one line on failure
+    monkeypatch.setenv("ATRIUM_CONFIG", cfg)
+    assert main(["trace", "--token", "t", "actors"]) == 1
+
+
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     """``python -m atrium check-config | head -0``: exit 141 (as coreutils), no traceback."""
     import os
