@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from flask import Flask, Request, Response, g, request
 from werkzeug.datastructures import ImmutableMultiDict
+from werkzeug.routing import Rule
 
 from atrium.config import Config, ConfigError, load_config
 from atrium.errors import MatrixError
@@ -127,10 +128,28 @@ class AtriumRequest(Request):
     parameter_storage_class = _QueryArgs
 
 
+class LazyBuilderRule(Rule):
+    """A URL rule whose two URL *builders* (werkzeug generates and compiles Python code for
+    each rule, for ``url_for``) are made on first use instead of when the rule is added:
+    matching never needs them, Atrium never builds URLs from rules, and generating them for
+    ~300 routes cost most of an app's start-up (every test builds an app)."""
+
+    def _compile_builder(self, append_unknown: bool = True) -> Callable[..., Any]:
+        name = "_build_unknown" if append_unknown else "_build"
+
+        def build(rule: Rule, *args: Any, **kwargs: Any) -> Any:
+            real = Rule._compile_builder(rule, append_unknown).__get__(rule, None)
+            setattr(rule, name, real)
+            return real(*args, **kwargs)
+
+        return build
+
+
 def create_app(config: Config, *, federation_transport: Any = None) -> Flask:
     from atrium.config_checks import open_store
 
     app = Flask("atrium")
+    app.url_rule_class = LazyBuilderRule
     app.request_class = AtriumRequest
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
