@@ -37,6 +37,10 @@ from typing import Any, Callable
 import gevent
 import gevent.event
 
+# the messages (actors/media_messages.py) are importable from here as before
+from actors.media_messages import (CommitRemote, CommitUpload, CreateMedia,  # noqa: F401
+                                   DeleteMedia, DeleteRemoteMedia, Quarantine,
+                                   RequestThumbnail, _Rendered)
 from actors.thumbnailer import (THUMBNAILABLE_TYPES, ThumbnailError, plan,
                                 remove_quietly, render)
 from atrium.errors import MatrixError, forbidden, limit_exceeded, not_found
@@ -44,7 +48,7 @@ from store.media import (ImageInfo, LocalMedia, MediaFiles, MediaStore, RemoteMe
                          ThumbnailKey, new_media_id, now_ms)
 from store.media_access import MediaAccess
 from supervision import (ActorFailed, SupervisedActor, SupervisionError, Supervisor,
-                         SupervisorStopped, Tracer, message)
+                         SupervisorStopped, Tracer)
 
 log = logging.getLogger(__name__)
 
@@ -55,83 +59,6 @@ MEDIA_KEY = "local"
 def blocking(fn: Callable[..., Any], *args: Any) -> Any:
     """Run blocking file or CPU work in gevent's thread pool (STACK-NOTES)."""
     return gevent.get_hub().threadpool.apply(fn, args)
-
-
-# ------------------------------------------------------------------------------ messages
-
-@message
-class CreateMedia:
-    user_id: str
-
-
-@message
-class CommitUpload:
-    user_id: str
-    tmp_path: str
-    length: int
-    sha256: str
-    media_type: str
-    upload_name: str | None
-    image: ImageInfo | None
-    media_id: str | None = None  # set for PUT to an id from /create
-
-
-@message
-class CommitRemote:
-    """Cache remote media fetched into ``tmp_path``; answers the :class:`RemoteMedia` row
-    (the one already cached when another fetch won the race: the temp file is dropped)."""
-
-    origin: str
-    media_id: str
-    tmp_path: str
-    length: int
-    sha256: str
-    media_type: str
-    upload_name: str | None
-    image: ImageInfo | None
-
-
-@message
-class RequestThumbnail:
-    """Ask: the stored ``Thumbnail``, or an ``AsyncResult`` ticket settled after a render.
-    With ``remote`` set, ``media_id`` is a cached remote item's ``filesystem_id``."""
-
-    media_id: str
-    key: ThumbnailKey
-    remote: bool = False
-
-
-@message
-class _Rendered:
-    """Told by a render greenlet when its thread-pool job is over."""
-
-    media_id: str
-    key: ThumbnailKey
-    job: int  # the _RenderJob's token: results of an older incarnation's jobs are dropped
-    tmp_path: str
-    result: tuple[int, int, str] | None
-    error: BaseException | None
-    remote: bool = False
-
-
-@message
-class Quarantine:
-    media_id: str
-    by: str | None  # None lifts the quarantine
-    origin: str | None = None  # set: a cached remote item of that server
-
-
-@message
-class DeleteMedia:
-    media_id: str
-
-
-@message
-class DeleteRemoteMedia:
-    """Drop a cached remote item (rows, file, thumbnails); answers whether it was cached."""
-
-    origin: str
-    media_id: str
 
 
 @dataclass(frozen=True)
