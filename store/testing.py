@@ -39,10 +39,21 @@ def database_config(tmp_dir: str) -> tuple[dict[str, Any], str | None]:
 
 def drop_schema(schema: str | None) -> None:
     if schema:
+        import time
+
         import psycopg
 
-        with psycopg.connect(pg_conninfo(), autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        for attempt in range(5):
+            try:
+                with psycopg.connect(pg_conninfo(), autocommit=True) as conn:
+                    conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+                return
+            except psycopg.errors.DeadlockDetected:
+                # a session of a stopped test server still finishing its last transaction
+                # (DROP ... CASCADE locks ~100 tables one by one): try again once it is done
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
 
 
 def open_test_database(tmp_dir: str) -> tuple[Database, str | None]:
