@@ -1,7 +1,7 @@
 """The logged-in user's account (spec: client-server-api, "Account registration and
 management", "Current account information", "Server administration"):
 ``GET /account/whoami``, ``POST /account/password``, ``POST /account/deactivate`` (the
-rooms are left after it: web/synapse_admin_users.py ``Parter``, which also serves
+rooms are left after it by web/synapse_admin_users.py's ``Parter``; that module also serves
 ``GET /admin/whois/{userId}``).
 
 Password change and deactivation need UIA ``m.login.password``.
