@@ -5,7 +5,7 @@ at the next start (:meth:`TaskRunner.resume`)."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import gevent
 
@@ -13,6 +13,13 @@ log = logging.getLogger(__name__)
 
 #: seconds after start-up before interrupted tasks run again
 RESUME_DELAY = 1.0
+
+
+def resume_soon(runtime: Any, fn: Callable[[], None]) -> None:
+    """Run ``fn`` (work a restart interrupted) once start-up is over, in a greenlet that
+    shutdown cancels if it has not run yet."""
+    resumer = gevent.spawn_later(RESUME_DELAY, fn)
+    runtime.shutdown_hooks.append(lambda: resumer.kill(block=False))
 
 
 class TaskRunner:
@@ -47,8 +54,7 @@ class TaskRunner:
         """Stopped at shutdown before the rooms stop (hooks run reversed); tasks a restart
         interrupted run again shortly after start."""
         runtime.shutdown_hooks.append(self.stop)
-        resumer = gevent.spawn_later(RESUME_DELAY, self.resume)
-        runtime.shutdown_hooks.append(lambda: resumer.kill(block=False))
+        resume_soon(runtime, self.resume)
 
     # -- running -------------------------------------------------------------------------
     def _spawn(self, task: Any) -> None:

@@ -14,7 +14,7 @@ from store.accounts import AccountStore
 from store.admin_users import AdminUserStore
 from web.auth import require_admin
 from web.http import json_body
-from web.synapse_admin_users import A2, audit, local_user
+from web.synapse_admin_users import A2, audit, existing_user
 from web.uia import reject_nul_path_values, storable_text
 
 MAX_DEVICE_NAME = 100
@@ -28,10 +28,7 @@ def register(app: Flask, runtime: Any) -> None:
     bp.url_value_preprocessor(reject_nul_path_values)
 
     def user(user_id: str, refusal: str = "Can only lookup local users") -> str:
-        user_id = local_user(user_id, server, refusal)
-        if not accounts.user_exists(user_id):
-            raise not_found("Unknown user")
-        return user_id
+        return existing_user(accounts, user_id, server, refusal, missing="Unknown user")
 
     @bp.get(f"{A2}/users/<user_id>/devices")
     def list_devices(user_id: str) -> Any:

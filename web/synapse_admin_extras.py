@@ -37,7 +37,7 @@ from store.admin_extras import MEDIA_ORDERS, AdminExtrasStore
 from store.admin_rooms import room_blocked
 from web.auth import require_admin
 from web.http import json_body, query_int
-from web.synapse_admin_users import audit, local_user, unknown
+from web.synapse_admin_users import audit, existing_user, local_user, unknown
 from web.uia import reject_nul_path_values
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,7 @@ def register(app: Flask, runtime: Any) -> None:
     bp.url_value_preprocessor(reject_nul_path_values)
 
     def existing(user_id: str) -> str:
-        user_id = local_user(user_id, server)
-        if not accounts.user_exists(user_id):
-            raise not_found("User not found")
-        return user_id
+        return existing_user(accounts, user_id, server)
 
     def resolve(ident: str) -> tuple[str, list[str]]:
         """A room id or alias → (room id, servers the directory names for it)."""

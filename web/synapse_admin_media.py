@@ -35,12 +35,13 @@ from flask import Blueprint, Flask, jsonify, request
 
 from actors.media import MEDIA_KEY, DeleteMedia, DeleteRemoteMedia, MediaParts, Quarantine
 from atrium.errors import MatrixError, invalid_param, missing_param, not_found
-from protocol.ids import IdError, is_valid_room_id, is_valid_server_name, parse_user_id
+from protocol.ids import is_valid_room_id, is_valid_server_name
 from store.admin_media import ORDER_COLUMNS, AdminMediaStore
 from store.media import LocalMedia, RemoteMedia, valid_media_id
 from web.auth import require_admin
 from web.http import query_bool, query_int
 from web.synapse_admin_reports import page_params, paged, query_dir
+from web.synapse_admin_users import existing_user
 from web.uia import reject_nul_path_values
 
 log = logging.getLogger(__name__)
@@ -109,15 +110,7 @@ def register(app: Flask, runtime: Any) -> None:
     bp.url_value_preprocessor(reject_nul_path_values)
 
     def local_user(user_id: str) -> str:
-        try:
-            _, domain = parse_user_id(user_id)
-        except IdError:
-            raise MatrixError(400, "M_INVALID_PARAM", "Not a valid user id") from None
-        if domain != server_name:
-            raise MatrixError(400, "M_UNKNOWN", "Can only look up local users")
-        if accounts.get_user(user_id) is None:
-            raise not_found("Unknown user")
-        return user_id
+        return existing_user(accounts, user_id, server_name, missing="Unknown user")
 
     def ask(message: Any) -> Any:
         return media.supervisor.ask(MEDIA_KEY, message, timeout=media.ask_timeout)

@@ -38,6 +38,7 @@ from atrium.errors import not_found
 from protocol.ids import is_valid_user_id, server_of
 from store.accounts import AccountStore
 from store.admin_users import ORDER_COLUMNS, AdminUserStore, UserFilter
+from web.admin_tasks import resume_soon
 from web.auth import Requester, require_admin, require_auth
 from web.http import MAX_INT64, json_body, parse_bool, query_int
 from web.uia import hash_password, reject_nul_path_values, storable_text
@@ -73,6 +74,17 @@ def local_user(user_id: str, server_name: str, refusal: str = "Can only look up 
         raise invalid_param(f"Invalid user id: {user_id[:255]}")
     if server_of(user_id) != server_name:
         raise unknown(refusal)
+    return user_id
+
+
+def existing_user(accounts: Any, user_id: str, server_name: str,
+                  refusal: str = "Can only look up local users",
+                  missing: str = "User not found") -> str:
+    """A local user id from the path that names an account: 400 for a malformed or remote
+    one (:func:`local_user`), 404 ``missing`` for no such account."""
+    user_id = local_user(user_id, server_name, refusal)
+    if not accounts.user_exists(user_id):
+        raise not_found(missing)
     return user_id
 
 
@@ -171,10 +183,7 @@ def register(app: Flask, runtime: Any) -> None:
     server = config.server_name
 
     def existing(user_id: str, refusal: str = "Can only look up local users") -> str:
-        user_id = local_user(user_id, server, refusal)
-        if not accounts.user_exists(user_id):
-            raise not_found("User not found")
-        return user_id
+        return existing_user(accounts, user_id, server, refusal)
 
     def record(user_id: str) -> dict[str, Any] | None:
         r = store.user_record(user_id)
@@ -370,7 +379,7 @@ def register(app: Flask, runtime: Any) -> None:
     _lock_guard(app, accounts, store)
     app.register_blueprint(bp)
     if store.pending_parting():   # a deactivation cut short by a crash: finish it
-        _spawn(parter.resume)
+        resume_soon(runtime, parter.resume)
 
 
 def check_password(v: Any) -> str:
@@ -421,19 +430,3 @@ def _lock_guard(app: Flask, accounts: AccountStore, store: AdminUserStore) -> No
         if info is not None and info.user_id in locked:
             raise MatrixError(401, "M_USER_LOCKED", "This account has been locked",
                               soft_logout=True)
-
-
-def _spawn(fn: Any, delay: float = 2.0) -> None:
-    """Run ``fn`` soon, once the start-up wiring is done (a greenlet under gevent)."""
-    import threading
-
-    try:
-        from gevent import monkey, spawn_later
-    except ImportError:  # pragma: no cover
-        monkey = None  # type: ignore[assignment]
-    if monkey is not None and monkey.is_module_patched("socket"):
-        spawn_later(delay, fn)
-    else:
-        t = threading.Timer(delay, fn)
-        t.daemon = True
-        t.start()
