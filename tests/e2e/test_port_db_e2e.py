@@ -24,22 +24,11 @@ import yaml
 from protocol.signing import encode_verify_key_base64, generate_signing_key, get_verify_key, \
     sign_json
 from store.testing import drop_schema, pg_conninfo
+from tests.store.test_port_db import require_pg
 
 ROOT = Path(__file__).resolve().parents[2]
 V = "/_matrix/client/v3"
 WORD = "kumquat"
-
-
-def require_pg() -> None:
-    import psycopg
-
-    try:
-        with psycopg.connect(pg_conninfo(), connect_timeout=3):
-            return
-    except psycopg.Error as e:
-        if os.environ.get("ATRIUM_REQUIRE_PG") == "1":
-            pytest.fail(f"ATRIUM_REQUIRE_PG=1 but PostgreSQL is not reachable: {e}")
-        pytest.skip(f"port-db needs PostgreSQL, which is not reachable: {e}")
 
 
 class Client:
